@@ -1,0 +1,45 @@
+//! `ingest-worker`: Kafka in, PostgreSQL out. See `ingest_worker::worker`.
+//! `ingest-worker migrate` applies the database migrations.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ingest_worker::worker::{self, WorkerArgs};
+use shared::config::DbArgs;
+
+/// Consumes readings from Kafka in a consumer group and writes them to
+/// PostgreSQL in batches, committing offsets only after each batch is stored.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations and exit
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Migrate { db }) => {
+            let pool = shared::db::pool(&db).context("invalid database settings")?;
+            shared::db::migrate(&pool)
+                .await
+                .context("migration failed")?;
+            tracing::info!("database migrated");
+            Ok(())
+        }
+        None => worker::run(cli.worker, shared::shutdown::signal()).await,
+    }
+}

@@ -1,0 +1,106 @@
+//! Publishing validated readings to the readings topic, keyed by device id,
+//! and waiting until Kafka has acknowledged each one (acks=all, idempotent).
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use shared::config::KafkaArgs;
+use shared::domain::Reading;
+use shared::wire;
+
+use crate::kafka::reliable_producer_config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The local producer queue is full: shed load instead of growing.
+    #[error("the producer queue is full")]
+    Overloaded,
+    #[error("kafka delivery failed")]
+    Kafka(#[from] KafkaError),
+    #[error("no acknowledgement within the publish timeout")]
+    TimedOut,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    message_timeout: Duration,
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaArgs, message_timeout: Duration) -> Result<Self, KafkaError> {
+        let producer = reliable_producer_config(&kafka.kafka_brokers, message_timeout).create()?;
+        Ok(Self {
+            producer,
+            topic: kafka.kafka_topic.clone(),
+            message_timeout,
+        })
+    }
+
+    /// Returns once every reading is acknowledged, or with the first failure.
+    /// On failure some readings may have been published: the caller retries
+    /// the whole request and the worker stores each duplicate once.
+    pub async fn publish(&self, readings: &[Reading]) -> Result<(), PublishError> {
+        let mut deliveries = Vec::with_capacity(readings.len());
+        for reading in readings {
+            let payload = wire::encode(reading);
+            let record = FutureRecord::to(&self.topic)
+                .key(reading.device_id().as_str())
+                .payload(&payload);
+            // `send_result` enqueues without waiting, so the whole request is in
+            // flight at once; librdkafka copies the payload.
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(PublishError::Overloaded)
+                }
+                Err((error, _)) => return Err(PublishError::Kafka(error)),
+            }
+        }
+        let all_acknowledged = async {
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((error, _))) => return Err(PublishError::Kafka(error)),
+                    // The producer was dropped: only at shutdown.
+                    Err(_canceled) => return Err(PublishError::TimedOut),
+                }
+            }
+            Ok(())
+        };
+        // librdkafka fails each message after message.timeout.ms; this is a backstop.
+        tokio::time::timeout(
+            self.message_timeout + Duration::from_secs(2),
+            all_acknowledged,
+        )
+        .await
+        .map_err(|_| PublishError::TimedOut)?
+    }
+
+    /// True when the cluster answers a metadata request for the topic.
+    pub async fn broker_reachable(&self) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Delivers whatever is still queued (shutdown).
+    pub async fn flush(&self) {
+        let producer = self.producer.clone();
+        let timeout = self.message_timeout;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(error) = producer.flush(timeout) {
+                tracing::warn!(%error, "producer flush at shutdown did not complete");
+            }
+        })
+        .await;
+    }
+}

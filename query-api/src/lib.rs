@@ -1,0 +1,107 @@
+//! `query-api`: read-only HTTP analytics over the readings that
+//! `ingest-worker` stored.
+//!
+//! - [`performance`]: the 24-hour charging efficiency of a vehicle;
+//! - [`devices`]: current state of a vehicle or a meter;
+//! - [`params`]: parsing and validating path and query parameters;
+//! - [`error`]: the one mapping from failures to HTTP responses.
+//!
+//! Invariant: nothing here writes to the database.
+
+pub mod devices;
+pub mod error;
+pub mod params;
+pub mod performance;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use shared::config::DbArgs;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+
+/// Settings of `query-api`.
+#[derive(Args, Clone)]
+pub struct QueryArgs {
+    /// Address the HTTP server listens on
+    #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:3001")]
+    pub query_api_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Longest analytics window a request may ask for, in days
+    #[arg(long, env = "MAX_WINDOW_DAYS", default_value_t = 31)]
+    pub max_window_days: u32,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub max_window: chrono::TimeDelta,
+}
+
+/// Runs the API on `listener` until `shutdown` completes. Refuses to start
+/// against a database that is not migrated.
+pub async fn serve(
+    args: QueryArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = shared::db::pool(&args.db).context("invalid database settings")?;
+    shared::db::ensure_migrated(&pool).await?;
+    let state = AppState {
+        pool,
+        max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
+    };
+    tracing::info!(addr = %listener.local_addr()?, "query-api listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/analytics/performance/vehicleid",
+            get(performance::by_query),
+        )
+        .route(
+            "/v1/analytics/performance/{vehicle_id}",
+            get(performance::by_path),
+        )
+        .route("/v1/vehicles/{vehicle_id}", get(devices::vehicle))
+        .route("/v1/meters/{meter_id}", get(devices::meter))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if shared::db::is_reachable(&state.pool).await {
+        Ok("ready")
+    } else {
+        Err(ApiError::Unavailable("the database is not reachable"))
+    }
+}

@@ -1,0 +1,167 @@
+//! The charging efficiency of one vehicle over a window `(from, to]`:
+//! DC energy the vehicle stored against AC energy its meters drew while they
+//! were assigned to it.
+//!
+//! Which meter counts is decided by assignments in event time: an assignment
+//! of vehicle V to meter M at `start` holds until V's next assignment event,
+//! or until M is assigned to another vehicle, whichever comes first. A vehicle
+//! that never had an assignment is paired with the meter of the same id (so
+//! the original API's examples, id "1" for both, work). Ends are derived in
+//! the query rather than stored, so assignments may arrive in any order.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use chrono::Utc;
+use serde::Serialize;
+use shared::domain::DeviceId;
+use shared::wire::format_timestamp;
+use sqlx::PgPool;
+
+use crate::error::ApiError;
+use crate::params::{device_id, QueryParams, Window};
+use crate::AppState;
+
+/// One round trip: the vehicle's sums over its history range, and per
+/// assignment span the meter's sums over the part of the window the span
+/// covers. Every table access is an index range scan on (device id, time).
+pub const PERFORMANCE_SQL: &str = "
+WITH vehicle AS (
+    SELECT count(*) AS n, coalesce(sum(kwh_delivered_dc), 0) AS dc, avg(battery_temp) AS temp
+    FROM vehicle_readings
+    WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3
+),
+spans AS (
+    SELECT a.meter_id, a.starts_at,
+           LEAST(
+               (SELECT min(n.starts_at) FROM assignments n
+                 WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
+               (SELECT min(o.starts_at) FROM assignments o
+                 WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id AND o.starts_at > a.starts_at)
+           ) AS ends_at
+    FROM assignments a
+    WHERE a.vehicle_id = $1 AND a.meter_id IS NOT NULL
+    UNION ALL
+    SELECT $1::text, '-infinity'::timestamptz, NULL::timestamptz
+    WHERE NOT EXISTS (SELECT 1 FROM assignments WHERE vehicle_id = $1)
+),
+per_span AS (
+    SELECT s.meter_id, r.n, r.ac
+    FROM spans s
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, sum(m.kwh_consumed_ac) AS ac
+        FROM meter_readings m
+        WHERE m.meter_id = s.meter_id
+          AND m.recorded_at > $2 AND m.recorded_at <= $3
+          AND m.recorded_at >= s.starts_at
+          AND (s.ends_at IS NULL OR m.recorded_at < s.ends_at)
+    ) r
+    WHERE s.starts_at <= $3 AND (s.ends_at IS NULL OR s.ends_at > $2)
+)
+SELECT v.n AS vehicle_readings, v.dc AS sum_dc, v.temp AS avg_battery_temp,
+       (SELECT coalesce(sum(n), 0)::bigint FROM per_span) AS meter_readings,
+       (SELECT coalesce(sum(ac), 0) FROM per_span) AS sum_ac,
+       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM per_span WHERE n > 0) AS meter_ids
+FROM vehicle v";
+
+/// The original API's response shape.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Performance {
+    pub vehicle_id: String,
+    #[serde(rename = "sumDC")]
+    pub sum_dc: f64,
+    #[serde(rename = "sumAC")]
+    pub sum_ac: f64,
+    /// 100 × DC / AC rounded to 2 decimals; `null` when no AC was drawn.
+    pub efficiency: Option<f64>,
+    pub avg_battery_temp: Option<f64>,
+    pub from: String,
+    pub to: String,
+    /// Meters whose readings counted towards `sumAC`.
+    pub meter_ids: Vec<String>,
+    pub vehicle_readings: i64,
+    pub meter_readings: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct PerformanceRow {
+    vehicle_readings: i64,
+    sum_dc: f64,
+    avg_battery_temp: Option<f64>,
+    meter_readings: i64,
+    sum_ac: f64,
+    meter_ids: Vec<String>,
+}
+
+/// Computes the efficiency of `vehicle` over `window`; `None` when the vehicle
+/// has no readings in it.
+pub async fn vehicle_performance(
+    pool: &PgPool,
+    vehicle: &DeviceId,
+    window: Window,
+) -> Result<Option<Performance>, sqlx::Error> {
+    let row: PerformanceRow = sqlx::query_as(PERFORMANCE_SQL)
+        .bind(vehicle.as_str())
+        .bind(window.from)
+        .bind(window.to)
+        .fetch_one(pool)
+        .await?;
+    if row.vehicle_readings == 0 {
+        return Ok(None);
+    }
+    let efficiency =
+        (row.sum_ac > 0.0).then(|| (100.0 * row.sum_dc / row.sum_ac * 100.0).round() / 100.0);
+    Ok(Some(Performance {
+        vehicle_id: vehicle.to_string(),
+        sum_dc: row.sum_dc,
+        sum_ac: row.sum_ac,
+        efficiency,
+        avg_battery_temp: row.avg_battery_temp,
+        from: format_timestamp(window.from),
+        to: format_timestamp(window.to),
+        meter_ids: row.meter_ids,
+        vehicle_readings: row.vehicle_readings,
+        meter_readings: row.meter_readings,
+    }))
+}
+
+/// `GET /v1/analytics/performance/{vehicleId}?from=&to=`
+pub async fn by_path(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Performance>, ApiError> {
+    let params = QueryParams::parse(query.as_deref())?;
+    respond(&state, &raw_id, &params).await
+}
+
+/// The original API's `GET /v1/analytics/performance/vehicleid?vehicleId=…`.
+pub async fn by_query(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Performance>, ApiError> {
+    let params = QueryParams::parse(query.as_deref())?;
+    let Some(raw_id) = params.get("vehicleId") else {
+        return Err(ApiError::BadRequest(
+            "query parameter vehicleId is required".into(),
+        ));
+    };
+    respond(&state, raw_id, &params).await
+}
+
+async fn respond(
+    state: &AppState,
+    raw_id: &str,
+    params: &QueryParams,
+) -> Result<Json<Performance>, ApiError> {
+    let vehicle = device_id("vehicleId", raw_id)?;
+    let window = Window::from_params(params, Utc::now(), state.max_window)?;
+    match vehicle_performance(&state.pool, &vehicle, window).await? {
+        Some(performance) => Ok(Json(performance)),
+        None => Err(ApiError::NotFound(format!(
+            "vehicle {vehicle} has no readings between {} and {}",
+            format_timestamp(window.from),
+            format_timestamp(window.to)
+        ))),
+    }
+}

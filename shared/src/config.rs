@@ -1,0 +1,90 @@
+//! Configuration groups shared by the binaries, `#[command(flatten)]`ed into
+//! each one's clap struct. Every setting has an environment variable; doc
+//! comments become `--help`.
+//!
+//! Secrets (the database URL and password) are never printed: these structs
+//! deliberately do not derive `Debug`.
+
+use chrono::TimeDelta;
+use clap::Args;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::wire::ValidationRules;
+
+/// Where PostgreSQL is. `DATABASE_URL` wins; otherwise the original API's
+/// `DB_*` variables are used.
+#[derive(Args, Clone)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/energy
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Database host, used when DATABASE_URL is not set
+    #[arg(long, env = "DB_HOST", default_value = "localhost")]
+    pub db_host: String,
+
+    /// Database port, used when DATABASE_URL is not set
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+
+    /// Database user, used when DATABASE_URL is not set
+    #[arg(long, env = "DB_USER", default_value = "postgres")]
+    pub db_user: String,
+
+    /// Database password, used when DATABASE_URL is not set
+    #[arg(long, env = "DB_PASS", hide_env_values = true)]
+    pub db_pass: Option<String>,
+
+    /// Database name, used when DATABASE_URL is not set
+    #[arg(long, env = "DB_NAME", default_value = "energy")]
+    pub db_name: String,
+
+    /// Most connections this process opens to PostgreSQL
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+}
+
+impl DbArgs {
+    pub fn connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        if let Some(url) = &self.database_url {
+            return url.parse();
+        }
+        let mut options = PgConnectOptions::new()
+            .host(&self.db_host)
+            .port(self.db_port)
+            .username(&self.db_user)
+            .database(&self.db_name);
+        if let Some(password) = &self.db_pass {
+            options = options.password(password);
+        }
+        Ok(options)
+    }
+}
+
+/// Where the Kafka cluster and the readings topic are.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Comma-separated bootstrap brokers, host:port
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic that carries readings, one JSON reading per message, keyed by device id
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "energy.readings")]
+    pub kafka_topic: String,
+}
+
+/// Validation settings that operators may tune.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct ValidationArgs {
+    /// How many seconds past this host's clock a reading's timestamp may be (clock skew allowance)
+    #[arg(long, env = "MAX_FUTURE_SECONDS", default_value_t = 300)]
+    pub max_future_seconds: u32,
+}
+
+impl ValidationArgs {
+    pub fn rules(&self) -> ValidationRules {
+        ValidationRules {
+            max_future: TimeDelta::seconds(i64::from(self.max_future_seconds)),
+        }
+    }
+}

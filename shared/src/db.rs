@@ -1,0 +1,64 @@
+//! Database access that more than one binary needs: the connection pool, the
+//! embedded migrations, and the start-up check that refuses to run against a
+//! database whose schema is older than this build.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::config::DbArgs;
+
+/// The migrations in `migrations/`, embedded at build time (no live database needed).
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the database is not migrated (missing migration {missing}): run `ingest-worker migrate` first")]
+    NotMigrated { missing: i64 },
+    #[error("cannot read the migration state")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Opens a pool. Connections are made lazily so a service can start (and
+/// report not-ready) while PostgreSQL is still coming up.
+pub fn pool(args: &DbArgs) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(args.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(args.connect_options()?))
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Fails unless every migration this build knows has been applied.
+pub async fn ensure_migrated(pool: &PgPool) -> Result<(), SchemaError> {
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    let applied: Vec<i64> = if table_exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    match MIGRATOR
+        .iter()
+        .map(|migration| migration.version)
+        .find(|version| !applied.contains(version))
+    {
+        Some(missing) => Err(SchemaError::NotMigrated { missing }),
+        None => Ok(()),
+    }
+}
+
+/// True when PostgreSQL answers a trivial query (readiness probes).
+pub async fn is_reachable(pool: &PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}

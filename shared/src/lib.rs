@@ -1,0 +1,14 @@
+//! Pieces that more than one Energy Ingestion Engine binary needs: the wire
+//! format of a reading, the validated domain types it is parsed into, the
+//! command-line/env configuration groups, database access (pool, migrations,
+//! the "is this database migrated" check), telemetry and shutdown signals.
+//!
+//! Invariant: this crate never depends on rdkafka or axum, so query-api never
+//! builds librdkafka.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod shutdown;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,16 @@
+//! Logging setup, once per binary: human-readable lines by default, JSON
+//! lines with `LOG_FORMAT=json`; the level comes from `RUST_LOG` (default `info`).
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `try_init` so that tests calling into a binary's library twice do not panic.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,563 @@
+//! The wire format of a reading: the original API's camelCase JSON, one
+//! reading per Kafka message (key = device id). Decoding validates every
+//! rule and names each offending field; encoding writes the canonical form
+//! that the gateway publishes.
+//!
+//! The decoder walks a `serde_json::Value` rather than deriving
+//! `Deserialize` so that a missing or mistyped field yields one precise
+//! `{field, error}` per problem, all of them at once, instead of serde's first
+//! error only.
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, VehicleReading};
+
+/// One problem with one field of one reading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub error: String,
+}
+
+impl FieldError {
+    fn new(field: &str, error: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            error: error.into(),
+        }
+    }
+}
+
+/// Rules that depend on configuration rather than on the format.
+#[derive(Clone, Copy, Debug)]
+pub struct ValidationRules {
+    /// How far past the receiver's clock a timestamp may lie (clock skew allowance).
+    pub max_future: TimeDelta,
+}
+
+impl Default for ValidationRules {
+    fn default() -> Self {
+        Self {
+            max_future: TimeDelta::minutes(5),
+        }
+    }
+}
+
+/// Why a Kafka message could not become a [`Reading`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MessageError {
+    #[error("payload is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("invalid reading: {}", describe(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{} {}", e.field, e.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Decodes one Kafka message payload.
+pub fn decode_message(
+    payload: &[u8],
+    rules: &ValidationRules,
+    now: DateTime<Utc>,
+) -> Result<Reading, MessageError> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| MessageError::NotJson(e.to_string()))?;
+    decode_value(&value, rules, now).map_err(MessageError::Invalid)
+}
+
+/// Validates one reading already parsed as JSON.
+pub fn decode_value(
+    value: &Value,
+    rules: &ValidationRules,
+    now: DateTime<Utc>,
+) -> Result<Reading, Vec<FieldError>> {
+    let Some(object) = value.as_object() else {
+        return Err(vec![FieldError::new("reading", "must be a JSON object")]);
+    };
+    let mut fields = Fields {
+        object,
+        errors: Vec::new(),
+    };
+    let kind = match object.get("type") {
+        None => {
+            fields.errors.push(FieldError::new("type", "is required"));
+            return Err(fields.errors);
+        }
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => {
+            fields
+                .errors
+                .push(FieldError::new("type", "must be a string"));
+            return Err(fields.errors);
+        }
+    };
+    let reading = match kind {
+        "VEHICLE" => {
+            let vehicle_id = fields.device_id("vehicleId");
+            let soc = fields.number_in("soc", 0.0, 100.0);
+            let kwh_delivered_dc = fields.non_negative("kwhDeliveredDc");
+            let battery_temp = fields.number_in("batteryTemp", -60.0, 120.0);
+            let recorded_at = fields.timestamp(rules, now);
+            match (vehicle_id, soc, kwh_delivered_dc, battery_temp, recorded_at) {
+                (
+                    Some(vehicle_id),
+                    Some(soc),
+                    Some(kwh_delivered_dc),
+                    Some(battery_temp),
+                    Some(recorded_at),
+                ) => Some(Reading::Vehicle(VehicleReading {
+                    vehicle_id,
+                    recorded_at,
+                    soc,
+                    kwh_delivered_dc,
+                    battery_temp,
+                })),
+                _ => None,
+            }
+        }
+        "METER" => {
+            let meter_id = fields.device_id("meterId");
+            let kwh_consumed_ac = fields.non_negative("kwhConsumedAc");
+            let voltage = fields.number_in("voltage", 0.0, 2000.0);
+            let recorded_at = fields.timestamp(rules, now);
+            match (meter_id, kwh_consumed_ac, voltage, recorded_at) {
+                (Some(meter_id), Some(kwh_consumed_ac), Some(voltage), Some(recorded_at)) => {
+                    Some(Reading::Meter(MeterReading {
+                        meter_id,
+                        recorded_at,
+                        kwh_consumed_ac,
+                        voltage,
+                    }))
+                }
+                _ => None,
+            }
+        }
+        "ASSIGNMENT" => {
+            let vehicle_id = fields.device_id("vehicleId");
+            let meter_id = fields.nullable_device_id("meterId");
+            let starts_at = fields.timestamp(rules, now);
+            match (vehicle_id, meter_id, starts_at) {
+                (Some(vehicle_id), Some(meter_id), Some(starts_at)) => {
+                    Some(Reading::Assignment(Assignment {
+                        vehicle_id,
+                        meter_id,
+                        starts_at,
+                    }))
+                }
+                _ => None,
+            }
+        }
+        _ => {
+            fields.errors.push(FieldError::new(
+                "type",
+                "must be one of VEHICLE, METER, ASSIGNMENT",
+            ));
+            None
+        }
+    };
+    reading.ok_or(fields.errors)
+}
+
+/// Reads fields of one JSON object, collecting an error per bad field.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> Fields<'a> {
+    fn required(&mut self, field: &str) -> Option<&'a Value> {
+        let value = self.object.get(field);
+        if value.is_none() {
+            self.errors.push(FieldError::new(field, "is required"));
+        }
+        value
+    }
+
+    fn device_id(&mut self, field: &str) -> Option<DeviceId> {
+        match self.required(field)? {
+            Value::String(raw) => self.parse_id(field, raw),
+            _ => {
+                self.errors.push(FieldError::new(field, "must be a string"));
+                None
+            }
+        }
+    }
+
+    /// `Some(None)` for an explicit JSON null; a missing field is still an error.
+    fn nullable_device_id(&mut self, field: &str) -> Option<Option<DeviceId>> {
+        match self.object.get(field) {
+            None => {
+                self.errors.push(FieldError::new(
+                    field,
+                    "is required (null ends the vehicle's assignment)",
+                ));
+                None
+            }
+            Some(Value::Null) => Some(None),
+            Some(Value::String(raw)) => self.parse_id(field, raw).map(Some),
+            Some(_) => {
+                self.errors
+                    .push(FieldError::new(field, "must be a string or null"));
+                None
+            }
+        }
+    }
+
+    fn parse_id(&mut self, field: &str, raw: &str) -> Option<DeviceId> {
+        DeviceId::parse(raw)
+            .map_err(|error| self.errors.push(FieldError::new(field, error)))
+            .ok()
+    }
+
+    fn number(&mut self, field: &str) -> Option<f64> {
+        let value = self.required(field)?;
+        match value.as_f64() {
+            Some(n) if n.is_finite() => Some(n),
+            Some(_) => {
+                self.errors
+                    .push(FieldError::new(field, "must be a finite number"));
+                None
+            }
+            None => {
+                self.errors.push(FieldError::new(field, "must be a number"));
+                None
+            }
+        }
+    }
+
+    fn number_in(&mut self, field: &str, min: f64, max: f64) -> Option<f64> {
+        let n = self.number(field)?;
+        if (min..=max).contains(&n) {
+            Some(n)
+        } else {
+            self.errors.push(FieldError::new(
+                field,
+                format!("must be between {min} and {max}"),
+            ));
+            None
+        }
+    }
+
+    fn non_negative(&mut self, field: &str) -> Option<f64> {
+        let n = self.number(field)?;
+        if n >= 0.0 {
+            Some(n)
+        } else {
+            self.errors
+                .push(FieldError::new(field, "must be at least 0"));
+            None
+        }
+    }
+
+    fn timestamp(&mut self, rules: &ValidationRules, now: DateTime<Utc>) -> Option<EventTime> {
+        const FIELD: &str = "timestamp";
+        let Value::String(raw) = self.required(FIELD)? else {
+            self.errors.push(FieldError::new(FIELD, "must be a string"));
+            return None;
+        };
+        let Ok(parsed) = DateTime::parse_from_rfc3339(raw) else {
+            self.errors.push(FieldError::new(
+                FIELD,
+                "must be an RFC 3339 timestamp with an explicit offset, e.g. 2026-02-10T10:00:00Z",
+            ));
+            return None;
+        };
+        let instant = parsed.with_timezone(&Utc);
+        if instant > now + rules.max_future {
+            self.errors.push(FieldError::new(
+                FIELD,
+                format!(
+                    "must not be more than {} seconds in the future",
+                    rules.max_future.num_seconds()
+                ),
+            ));
+            return None;
+        }
+        Some(EventTime::new(instant))
+    }
+}
+
+/// The canonical JSON of a reading, as published to Kafka.
+#[derive(Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    rename_all_fields = "camelCase"
+)]
+enum WireReading<'a> {
+    Vehicle {
+        vehicle_id: &'a str,
+        soc: f64,
+        kwh_delivered_dc: f64,
+        battery_temp: f64,
+        timestamp: String,
+    },
+    Meter {
+        meter_id: &'a str,
+        kwh_consumed_ac: f64,
+        voltage: f64,
+        timestamp: String,
+    },
+    Assignment {
+        vehicle_id: &'a str,
+        meter_id: Option<&'a str>,
+        timestamp: String,
+    },
+}
+
+/// RFC 3339 in UTC, with as many fractional digits as the instant needs.
+pub fn format_timestamp(instant: DateTime<Utc>) -> String {
+    instant.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Encodes a reading as its canonical JSON message payload.
+pub fn encode(reading: &Reading) -> Vec<u8> {
+    let wire = match reading {
+        Reading::Vehicle(v) => WireReading::Vehicle {
+            vehicle_id: v.vehicle_id.as_str(),
+            soc: v.soc,
+            kwh_delivered_dc: v.kwh_delivered_dc,
+            battery_temp: v.battery_temp,
+            timestamp: format_timestamp(v.recorded_at.instant()),
+        },
+        Reading::Meter(m) => WireReading::Meter {
+            meter_id: m.meter_id.as_str(),
+            kwh_consumed_ac: m.kwh_consumed_ac,
+            voltage: m.voltage,
+            timestamp: format_timestamp(m.recorded_at.instant()),
+        },
+        Reading::Assignment(a) => WireReading::Assignment {
+            vehicle_id: a.vehicle_id.as_str(),
+            meter_id: a.meter_id.as_ref().map(DeviceId::as_str),
+            timestamp: format_timestamp(a.starts_at.instant()),
+        },
+    };
+    // Serialising a struct of strings and finite floats cannot fail.
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-02-10T12:00:00Z".parse().unwrap()
+    }
+
+    fn decode(value: Value) -> Result<Reading, Vec<FieldError>> {
+        decode_value(&value, &ValidationRules::default(), now())
+    }
+
+    fn errors_of(value: Value) -> Vec<(String, String)> {
+        decode(value)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.field, e.error))
+            .collect()
+    }
+
+    fn vehicle() -> Value {
+        json!({"type":"VEHICLE","vehicleId":"V-1","soc":80,"kwhDeliveredDc":1.25,"batteryTemp":25.5,"timestamp":"2026-02-10T10:00:00Z"})
+    }
+
+    fn with(mut value: Value, field: &str, new: Value) -> Value {
+        value[field] = new;
+        value
+    }
+
+    fn without(mut value: Value, field: &str) -> Value {
+        value.as_object_mut().unwrap().remove(field);
+        value
+    }
+
+    #[test]
+    fn the_original_api_examples_decode_and_round_trip() {
+        let examples = [
+            vehicle(),
+            json!({"type":"METER","meterId":"M-1","kwhConsumedAc":1.4,"voltage":231.5,"timestamp":"2026-02-10T10:00:00Z"}),
+            json!({"type":"ASSIGNMENT","vehicleId":"V-1","meterId":"M-1","timestamp":"2026-02-10T09:00:00Z"}),
+            json!({"type":"ASSIGNMENT","vehicleId":"V-1","meterId":null,"timestamp":"2026-02-10T09:00:00Z"}),
+        ];
+        for example in examples {
+            let reading = decode(example.clone()).unwrap();
+            let encoded: Value = serde_json::from_slice(&encode(&reading)).unwrap();
+            assert_eq!(decode(encoded).unwrap(), reading);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_offsets_are_normalised_to_utc() {
+        let value = with(
+            with(vehicle(), "extra", json!(1)),
+            "timestamp",
+            json!("2026-02-10T12:00:00+02:00"),
+        );
+        let Reading::Vehicle(v) = decode(value).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            v.recorded_at.instant(),
+            "2026-02-10T10:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn every_rule_names_its_field() {
+        let cases = [
+            (without(vehicle(), "type"), "type", "is required"),
+            (
+                with(vehicle(), "type", json!("TRUCK")),
+                "type",
+                "must be one of VEHICLE, METER, ASSIGNMENT",
+            ),
+            (
+                with(vehicle(), "type", json!(3)),
+                "type",
+                "must be a string",
+            ),
+            (without(vehicle(), "vehicleId"), "vehicleId", "is required"),
+            (
+                with(vehicle(), "vehicleId", json!(7)),
+                "vehicleId",
+                "must be a string",
+            ),
+            (
+                with(vehicle(), "vehicleId", json!("")),
+                "vehicleId",
+                "must not be empty",
+            ),
+            (
+                with(vehicle(), "vehicleId", json!("x".repeat(65))),
+                "vehicleId",
+                "must be at most 64 characters",
+            ),
+            (
+                with(vehicle(), "vehicleId", json!("a\u{0007}b")),
+                "vehicleId",
+                "must not contain control characters",
+            ),
+            (
+                with(vehicle(), "vehicleId", json!(" V-1")),
+                "vehicleId",
+                "must not start or end with whitespace",
+            ),
+            (
+                with(vehicle(), "soc", json!(100.5)),
+                "soc",
+                "must be between 0 and 100",
+            ),
+            (
+                with(vehicle(), "soc", json!(-1)),
+                "soc",
+                "must be between 0 and 100",
+            ),
+            (
+                with(vehicle(), "soc", json!("80")),
+                "soc",
+                "must be a number",
+            ),
+            (
+                with(vehicle(), "kwhDeliveredDc", json!(-0.1)),
+                "kwhDeliveredDc",
+                "must be at least 0",
+            ),
+            (
+                with(vehicle(), "batteryTemp", json!(120.1)),
+                "batteryTemp",
+                "must be between -60 and 120",
+            ),
+            (
+                with(vehicle(), "batteryTemp", json!(-60.1)),
+                "batteryTemp",
+                "must be between -60 and 120",
+            ),
+            (
+                with(vehicle(), "timestamp", json!("2026-02-10T10:00:00")),
+                "timestamp",
+                "must be an RFC 3339 timestamp with an explicit offset, e.g. 2026-02-10T10:00:00Z",
+            ),
+            (
+                with(vehicle(), "timestamp", json!("yesterday")),
+                "timestamp",
+                "must be an RFC 3339 timestamp with an explicit offset, e.g. 2026-02-10T10:00:00Z",
+            ),
+            (
+                with(vehicle(), "timestamp", json!(1_700_000_000)),
+                "timestamp",
+                "must be a string",
+            ),
+            (
+                with(vehicle(), "timestamp", json!("2026-02-10T12:05:01Z")),
+                "timestamp",
+                "must not be more than 300 seconds in the future",
+            ),
+            (
+                json!({"type":"METER","meterId":"M","kwhConsumedAc":1,"voltage":2000.5,"timestamp":"2026-02-10T10:00:00Z"}),
+                "voltage",
+                "must be between 0 and 2000",
+            ),
+            (
+                json!({"type":"METER","meterId":"M","kwhConsumedAc":-1,"voltage":230,"timestamp":"2026-02-10T10:00:00Z"}),
+                "kwhConsumedAc",
+                "must be at least 0",
+            ),
+            (
+                json!({"type":"ASSIGNMENT","vehicleId":"V","timestamp":"2026-02-10T10:00:00Z"}),
+                "meterId",
+                "is required (null ends the vehicle's assignment)",
+            ),
+            (
+                json!({"type":"ASSIGNMENT","vehicleId":"V","meterId":5,"timestamp":"2026-02-10T10:00:00Z"}),
+                "meterId",
+                "must be a string or null",
+            ),
+            (json!([1]), "reading", "must be a JSON object"),
+        ];
+        for (input, field, error) in cases {
+            assert_eq!(
+                errors_of(input.clone()),
+                vec![(field.to_owned(), error.to_owned())],
+                "input {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_bad_fields_are_reported_together() {
+        let value = json!({"type":"METER","meterId":"","voltage":-3,"timestamp":"soon"});
+        let fields: Vec<String> = decode(value)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["meterId", "kwhConsumedAc", "voltage", "timestamp"]);
+    }
+
+    #[test]
+    fn exactly_at_the_future_limit_is_accepted() {
+        assert!(decode(with(vehicle(), "timestamp", json!("2026-02-10T12:05:00Z"))).is_ok());
+    }
+
+    #[test]
+    fn bad_payloads_are_classified() {
+        let rules = ValidationRules::default();
+        assert!(matches!(
+            decode_message(b"{not json", &rules, now()),
+            Err(MessageError::NotJson(_))
+        ));
+        assert!(matches!(
+            decode_message(b"{}", &rules, now()),
+            Err(MessageError::Invalid(_))
+        ));
+    }
+}
