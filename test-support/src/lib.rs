@@ -1,1 +1,44 @@
+//! Test fixtures shared by the workspace's integration tests: real
+//! components, never mocks of our own code.
+//!
+//! - [`postgres`]: a fresh, migrated database per test on the private
+//!   PostgreSQL server that `scripts/test.sh` starts;
+//! - [`kafka`]: librdkafka's mock cluster (a real Kafka-protocol broker) on
+//!   its own thread, with fault injection, plus raw produce/consume helpers;
+//! - [`process`]: the built binaries as child processes, killed on drop;
+//! - [`fixture_path`]: data files kept in `test-support/fixtures/`.
 
+pub mod kafka;
+pub mod postgres;
+pub mod process;
+pub mod readings;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A file under `test-support/fixtures/`.
+pub fn fixture_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(relative)
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

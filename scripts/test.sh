@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against real components: a private
+# PostgreSQL cluster started here on a free port (installed with apt when
+# missing) and librdkafka's mock Kafka cluster inside the tests.
+# Extra arguments go to the test runner (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/pg.sh
+
+pg_ensure_installed
+workdir="$(mktemp -d /tmp/energy-test.XXXXXX)"
+chmod 755 "$workdir"
+port="$(free_port)"
+# Durability settings off: test data is thrown away, and the suite runs faster.
+pg_start "$workdir/pgdata" "$port" -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400
+cleanup() { pg_stop "$workdir/pgdata"; rm -rf "$workdir"; }
+trap cleanup EXIT
+
+export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+export TEST_PG_DATADIR="$workdir/pgdata"
+echo "test PostgreSQL on 127.0.0.1:$port"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

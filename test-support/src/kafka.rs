@@ -1,0 +1,227 @@
+//! librdkafka's mock cluster as a test broker, and raw Kafka helpers.
+//!
+//! `MockCluster` is not `Send`, so it lives on a thread of its own and this
+//! handle sends it commands (topic creation, fault injection).
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::OwnedMessage;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+enum Command {
+    CreateTopic(String, i32, mpsc::Sender<KafkaResult<()>>),
+    BrokerDown(i32, mpsc::Sender<KafkaResult<()>>),
+    BrokerUp(i32, mpsc::Sender<KafkaResult<()>>),
+}
+
+pub struct MockKafka {
+    bootstrap: String,
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MockKafka {
+    /// Starts a one-broker cluster with the given topics (name, partitions).
+    pub fn start(topics: &[(&str, i32)]) -> Self {
+        let (command_tx, command_rx) = mpsc::channel::<Command>();
+        let (bootstrap_tx, bootstrap_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let cluster = MockCluster::new(1).expect("start the mock cluster");
+            bootstrap_tx
+                .send(cluster.bootstrap_servers())
+                .expect("send bootstrap");
+            // Ends when the handle drops its sender.
+            for command in command_rx {
+                match command {
+                    Command::CreateTopic(name, partitions, reply) => {
+                        let _ = reply.send(cluster.create_topic(&name, partitions, 1));
+                    }
+                    Command::BrokerDown(id, reply) => {
+                        let _ = reply.send(cluster.broker_down(id));
+                    }
+                    Command::BrokerUp(id, reply) => {
+                        let _ = reply.send(cluster.broker_up(id));
+                    }
+                }
+            }
+        });
+        let bootstrap = bootstrap_rx.recv().expect("mock cluster started");
+        let kafka = Self {
+            bootstrap,
+            commands: Some(command_tx),
+            thread: Some(thread),
+        };
+        for (name, partitions) in topics {
+            kafka.create_topic(name, *partitions);
+        }
+        kafka
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.bootstrap.clone()
+    }
+
+    fn call(&self, command: impl FnOnce(mpsc::Sender<KafkaResult<()>>) -> Command) {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.commands
+            .as_ref()
+            .expect("cluster running")
+            .send(command(reply_tx))
+            .expect("mock cluster thread alive");
+        reply_rx
+            .recv()
+            .expect("mock cluster replied")
+            .expect("mock cluster command");
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        self.call(|reply| Command::CreateTopic(name.to_owned(), partitions, reply));
+    }
+
+    /// Takes the (only) broker down: connections are closed and refused.
+    pub fn broker_down(&self) {
+        self.call(|reply| Command::BrokerDown(1, reply));
+    }
+
+    pub fn broker_up(&self) {
+        self.call(|reply| Command::BrokerUp(1, reply));
+    }
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An acks=all producer for feeding topics directly, as fleet chargers do.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("create test producer")
+}
+
+/// Produces raw messages and waits for every acknowledgement.
+pub async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
+) {
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for (key, payload) in messages {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload.as_slice());
+        }
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
+    }
+    for delivery in deliveries {
+        delivery
+            .await
+            .expect("delivery")
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Reads every partition of `topic` from the beginning until `expected`
+/// messages arrived or `timeout` passed, and returns what it read.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .expect("add partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while messages.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.detach());
+        }
+    }
+    messages
+}
+
+/// The committed offset of each partition of `topic` for consumer `group`.
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create offset reader");
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .expect("fetch committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
+        })
+        .collect()
+}
+
+/// Header value of a message as text.
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}

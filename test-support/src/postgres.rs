@@ -1,0 +1,68 @@
+//! A fresh database per test on the server named by `TEST_DATABASE_URL`
+//! (set by `scripts/test.sh`, which starts a private PostgreSQL cluster).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+pub struct TestDatabase {
+    /// Connection URL of this test's own database.
+    pub url: String,
+    pub pool: PgPool,
+    pub name: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").expect(
+        "TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts a private PostgreSQL",
+    )
+}
+
+/// A new empty database with every migration applied.
+pub async fn fresh_database() -> TestDatabase {
+    let database = fresh_unmigrated_database().await;
+    shared::db::migrate(&database.pool)
+        .await
+        .expect("migrations apply");
+    database
+}
+
+/// A new empty database with no schema at all.
+pub async fn fresh_unmigrated_database() -> TestDatabase {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let admin: PgConnectOptions = admin_url()
+        .parse()
+        .expect("TEST_DATABASE_URL is a valid URL");
+    let mut connection = PgConnection::connect_with(&admin)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await
+        .expect("create test database");
+    connection.close().await.ok();
+    let options = admin.database(&name);
+    let url = options.to_url_lossy().to_string();
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(options)
+        .await
+        .expect("connect to the test database");
+    TestDatabase { url, pool, name }
+}
+
+impl TestDatabase {
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql)
+    }
+}
