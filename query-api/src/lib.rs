@@ -59,7 +59,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool = shared::db::pool(&args.db).context("invalid database settings")?;
-    shared::db::ensure_migrated(&pool).await?;
+    shared::db::wait_until_migrated(&pool).await?;
     let state = AppState {
         pool,
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),

@@ -9,6 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::config::DbArgs;
+use crate::retry::Backoff;
 
 /// The migrations in `migrations/`, embedded at build time (no live database needed).
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -55,6 +56,43 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), SchemaError> {
     {
         Some(missing) => Err(SchemaError::NotMigrated { missing }),
         None => Ok(()),
+    }
+}
+
+/// Waits for PostgreSQL, retrying transient failures with backoff (the
+/// database may still be starting), then fails unless it is migrated.
+pub async fn wait_until_migrated(pool: &PgPool) -> Result<(), SchemaError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match ensure_migrated(pool).await {
+            Err(SchemaError::Database(error)) if is_transient(&error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether retrying the same statement later may succeed: SQLSTATE classes
+/// 08 (connection), 40 (transaction rollback, e.g. serialization failure),
+/// 53 (insufficient resources), 57 (operator intervention, e.g. the server
+/// shutting down), and client-side connection or pool failures.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 

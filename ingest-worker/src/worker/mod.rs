@@ -12,12 +12,10 @@
 //! - [`store`]: the database transaction;
 //! - [`copy`]: binary COPY encoding;
 //! - [`dead_letter`]: the dead-letter topic;
-//! - [`retry`]: backoff between retries of transient failures.
 
 pub mod batch;
 pub mod copy;
 pub mod dead_letter;
-pub mod retry;
 pub mod store;
 
 use std::future::Future;
@@ -38,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::batch::Batch;
 use self::dead_letter::DeadLetterProducer;
-use self::retry::Backoff;
+use shared::retry::Backoff;
 
 /// Settings of `ingest-worker`.
 #[derive(Args, Clone)]
@@ -103,7 +101,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool = db::pool(&args.db).context("invalid database settings")?;
-    db::ensure_migrated(&pool).await?;
+    db::wait_until_migrated(&pool).await?;
 
     let consumer: StreamConsumer = consumer_config(&args)
         .create()

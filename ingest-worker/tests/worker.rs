@@ -1,0 +1,369 @@
+//! The worker against a real PostgreSQL and a real Kafka-protocol broker:
+//! exact rows with duplicates and out-of-order input, poison messages
+//! dead-lettered with the rest of their batch written, offsets committed only
+//! after the rows are stored, transient database failures retried.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use clap::Parser;
+use ingest_worker::worker::{self, WorkerArgs};
+use rdkafka::Message;
+use serde_json::Value;
+use sqlx::Connection;
+use test_support::eventually;
+use test_support::kafka::{
+    committed_offsets, end_offsets, header, produce_all, producer, read_topic, MockKafka,
+};
+use test_support::postgres::{fresh_database, fresh_unmigrated_database, TestDatabase};
+use test_support::readings::{key_of, meter, vehicle};
+use tokio::sync::oneshot;
+
+const TOPIC: &str = "energy.readings";
+const DLQ: &str = "energy.readings.dlq";
+const GROUP: &str = "test-workers";
+const PARTITIONS: i32 = 3;
+
+struct Worker {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn worker_args(kafka: &MockKafka, db: &TestDatabase, extra: &[&str]) -> WorkerArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+    let mut argv = vec![
+        "ingest-worker".to_owned(),
+        format!("--database-url={}", db.url),
+        format!("--kafka-brokers={}", kafka.bootstrap()),
+        format!("--kafka-topic={TOPIC}"),
+        format!("--kafka-group-id={GROUP}"),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Cli::parse_from(argv).worker
+}
+
+impl Worker {
+    fn start(args: WorkerArgs) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker::run(args, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn base_time() -> DateTime<Utc> {
+    // Whole minutes, an hour ago: valid, and exact in every representation.
+    let now = Utc::now() - TimeDelta::hours(1);
+    now - TimeDelta::seconds(now.timestamp() % 60)
+        - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()))
+}
+
+fn keyed(value: &Value) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    (
+        Some(key_of(value).into_bytes()),
+        Some(value.to_string().into_bytes()),
+    )
+}
+
+async fn rows(db: &TestDatabase, table: &str) -> i64 {
+    db.count(&format!("SELECT count(*) FROM {table}")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_equal_readings_with_duplicates_out_of_order_and_poison_messages() {
+    let kafka = MockKafka::start(&[(TOPIC, PARTITIONS), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let t0 = base_time();
+
+    // 10 vehicles and 10 meters, 30 readings each, sent newest first per device
+    // (out of order); kWh in eighths so every sum is exact.
+    let mut messages = Vec::new();
+    let mut expected_dc: BTreeMap<String, f64> = BTreeMap::new();
+    for minute in (0..30).rev() {
+        for device in 0..10 {
+            let kwh = f64::from((minute * 7 + device) % 16) / 8.0;
+            let v = vehicle(
+                &format!("V-{device}"),
+                t0 + TimeDelta::minutes(minute.into()),
+                f64::from(minute),
+                kwh,
+                20.0,
+            );
+            *expected_dc.entry(format!("V-{device}")).or_default() += kwh;
+            messages.push(keyed(&v));
+            messages.push(keyed(&meter(
+                &format!("M-{device}"),
+                t0 + TimeDelta::minutes(minute.into()),
+                kwh * 2.0,
+                230.0,
+            )));
+        }
+    }
+    // Every 7th message again, with other values: the first one wins.
+    let duplicates: Vec<_> = messages
+        .iter()
+        .step_by(7)
+        .map(|(key, payload)| {
+            let mut value: Value = serde_json::from_slice(payload.as_ref().unwrap()).unwrap();
+            if value["type"] == "VEHICLE" {
+                value["kwhDeliveredDc"] = 99.0.into();
+            } else {
+                value["kwhConsumedAc"] = 99.0.into();
+            }
+            (key.clone(), Some(value.to_string().into_bytes()))
+        })
+        .collect();
+    let poison: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, &str)> = vec![
+        (Some(b"V-0".to_vec()), Some(b"not json at all".to_vec()), "payload is not valid JSON"),
+        (Some(b"V-1".to_vec()), Some(br#"{"type":"VEHICLE","vehicleId":"V-1"}"#.to_vec()), "invalid reading: soc is required"),
+        (Some(b"V-2".to_vec()), None, "empty payload"),
+        (None, Some(br#"{"type":"METER","meterId":"M-1","kwhConsumedAc":-1,"voltage":230,"timestamp":"2026-01-01T00:00:00Z"}"#.to_vec()), "invalid reading: kwhConsumedAc must be at least 0"),
+    ];
+    let mut all = messages.clone();
+    all.extend(duplicates.iter().cloned());
+    // Poison in the middle of the stream, between valid readings of the same batch.
+    for (i, (key, payload, _)) in poison.iter().enumerate() {
+        all.insert(100 + i * 50, (key.clone(), payload.clone()));
+    }
+    let producer = producer(&kafka.bootstrap());
+    produce_all(&producer, TOPIC, &all).await;
+
+    let worker = Worker::start(worker_args(
+        &kafka,
+        &db,
+        &["--batch-max-readings=64", "--batch-max-wait-ms=100"],
+    ));
+    eventually("all rows stored", Duration::from_secs(60), || async {
+        (rows(&db, "vehicle_readings").await == 300 && rows(&db, "meter_readings").await == 300)
+            .then_some(())
+    })
+    .await;
+    worker.stop().await;
+
+    // Exact per-device sums: duplicates (value 99) never counted.
+    let stored: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT vehicle_id, count(*), sum(kwh_delivered_dc) FROM vehicle_readings GROUP BY vehicle_id ORDER BY vehicle_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64, f64)> = expected_dc
+        .into_iter()
+        .map(|(id, dc)| (id, 30, dc))
+        .collect();
+    assert_eq!(stored, expected);
+    let max_ac: f64 = sqlx::query_scalar("SELECT max(kwh_consumed_ac) FROM meter_readings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(max_ac < 99.0);
+    // Current state is the newest reading by event time (minute 29), though it was sent first.
+    let current: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as(
+        "SELECT vehicle_id, recorded_at, soc FROM vehicles_current ORDER BY vehicle_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(current.len(), 10);
+    for (_, at, soc) in current {
+        assert_eq!((at, soc), (t0 + TimeDelta::minutes(29), 29.0));
+    }
+
+    // Every poison message is in the dead-letter topic, unchanged, with its reason and origin.
+    let dead = read_topic(
+        &kafka.bootstrap(),
+        DLQ,
+        poison.len(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(dead.len(), poison.len());
+    for (key, payload, reason) in &poison {
+        let found = dead
+            .iter()
+            .find(|m| {
+                m.key().map(<[u8]>::to_vec) == *key
+                    && m.payload().unwrap_or_default() == payload.as_deref().unwrap_or_default()
+            })
+            .unwrap_or_else(|| panic!("poison message {reason} not dead-lettered"));
+        assert!(
+            header(found, "dlq.reason").unwrap().starts_with(reason),
+            "{:?}",
+            header(found, "dlq.reason")
+        );
+        assert_eq!(header(found, "dlq.source.topic").as_deref(), Some(TOPIC));
+        let partition: i32 = header(found, "dlq.source.partition")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let offset: i64 = header(found, "dlq.source.offset").unwrap().parse().unwrap();
+        assert!((0..PARTITIONS).contains(&partition) && offset >= 0);
+    }
+
+    // After a clean stop every consumed message is committed.
+    let committed = committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, PARTITIONS);
+    let ends = end_offsets(&kafka.bootstrap(), TOPIC);
+    assert_eq!(
+        committed,
+        ends.into_iter().map(|(p, o)| (p, Some(o))).collect()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offsets_are_committed_only_after_the_rows_are_in_postgres() {
+    let kafka = MockKafka::start(&[(TOPIC, 1), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let t0 = base_time();
+    let producer = producer(&kafka.bootstrap());
+    let batch = |from: i64, n: i64| -> Vec<_> {
+        (from..from + n)
+            .map(|i| keyed(&vehicle("V-1", t0 + TimeDelta::minutes(i), 50.0, 1.0, 20.0)))
+            .collect()
+    };
+    let committed = || committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, 1)[&0];
+
+    produce_all(&producer, TOPIC, &batch(0, 10)).await;
+    let worker = Worker::start(worker_args(&kafka, &db, &["--batch-max-wait-ms=50"]));
+    eventually(
+        "first rows and their commit",
+        Duration::from_secs(30),
+        || async {
+            (rows(&db, "vehicle_readings").await == 10 && committed() == Some(10)).then_some(())
+        },
+    )
+    .await;
+
+    // Hold the table so the next batch cannot be written.
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE vehicle_readings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    produce_all(&producer, TOPIC, &batch(10, 5)).await;
+    // Several auto-commit intervals pass: the offset must not move while the rows are not stored.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(committed(), Some(10));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM vehicle_readings")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    assert_eq!(stored, 10);
+
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    eventually(
+        "the held batch stored, then committed",
+        Duration::from_secs(30),
+        || async {
+            (rows(&db, "vehicle_readings").await == 15 && committed() == Some(15)).then_some(())
+        },
+    )
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_database_connections_are_retried_and_nothing_is_lost_or_doubled() {
+    let kafka = MockKafka::start(&[(TOPIC, 2), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let t0 = base_time();
+    let messages: Vec<_> = (0..3000)
+        .map(|i| {
+            keyed(&meter(
+                &format!("M-{}", i % 30),
+                t0 + TimeDelta::seconds(i / 30),
+                0.5,
+                230.0,
+            ))
+        })
+        .collect();
+    let producer = producer(&kafka.bootstrap());
+    let worker = Worker::start(worker_args(
+        &kafka,
+        &db,
+        &["--batch-max-readings=100", "--batch-max-wait-ms=20"],
+    ));
+
+    // Start killing only once the worker has joined the group and is writing.
+    produce_all(&producer, TOPIC, &messages[..100]).await;
+    eventually("the worker writing", Duration::from_secs(30), || async {
+        (rows(&db, "meter_readings").await > 0).then_some(())
+    })
+    .await;
+    let feeding = {
+        let messages = messages.clone();
+        async move {
+            for chunk in messages[100..].chunks(100) {
+                produce_all(&producer, TOPIC, chunk).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    };
+    // Meanwhile, keep killing the worker's database sessions (SQLSTATE 57P01).
+    let killing = async {
+        let mut killed = 0;
+        for _ in 0..40 {
+            let terminated: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&db.name)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap_or_default();
+            killed += terminated.into_iter().filter(|&t| t).count();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        killed
+    };
+    let ((), killed) = tokio::join!(feeding, killing);
+    assert!(killed > 0, "the test never cut a worker connection");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect(&db.url)
+        .await
+        .unwrap();
+    eventually("all 3000 rows", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM meter_readings")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (n == 3000).then_some(())
+    })
+    .await;
+    let (n, sum): (i64, f64) =
+        sqlx::query_as("SELECT count(*), sum(kwh_consumed_ac) FROM meter_readings")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((n, sum), (3000, 1500.0));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_to_start_against_an_unmigrated_database() {
+    let kafka = MockKafka::start(&[(TOPIC, 1)]);
+    let db = fresh_unmigrated_database().await;
+    let error = worker::run(worker_args(&kafka, &db, &[]), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("run `ingest-worker migrate`"),
+        "{error}"
+    );
+}
