@@ -92,11 +92,8 @@ mod tests {
     }
 
     fn window(query: &str) -> Result<Window, ApiError> {
-        Window::from_params(
-            &QueryParams::parse(Some(query)).unwrap(),
-            at("2026-02-10T12:00:00Z"),
-            TimeDelta::days(31),
-        )
+        let params = QueryParams::parse(Some(query))?;
+        Window::from_params(&params, at("2026-02-10T12:00:00Z"), TimeDelta::days(31))
     }
 
     #[test]
