@@ -1,9 +1,11 @@
 //! The workspace's binaries as child processes.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Path of a binary built in the same target directory as the running test.
 /// `cargo test --workspace` (and nextest) build every binary first.
@@ -31,10 +33,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running child process, killed (SIGKILL) when dropped.
+/// A running child process, killed (SIGKILL) when dropped. Its stderr (the
+/// logs) is echoed to the test's stderr and kept for [`Service::wait_for_log`].
 pub struct Service {
     pub name: String,
     child: Child,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Service {
@@ -47,16 +51,47 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdin(Stdio::null());
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines, prefix) = (log.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{prefix}] {line}");
+                lines.lock().expect("log lock").push(line);
+            }
+        });
         Self {
             name: name.to_owned(),
             child,
+            log,
+        }
+    }
+
+    /// Waits until the process has logged a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self
+            .log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .any(|line| line.contains(needle))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -71,13 +106,13 @@ impl Service {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for child") {
                 return status;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "{} did not exit within {timeout:?} of SIGTERM",
                 self.name
             );
@@ -87,13 +122,13 @@ impl Service {
 
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for child") {
                 return status;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "{} did not exit within {timeout:?}",
                 self.name
             );

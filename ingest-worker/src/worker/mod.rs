@@ -27,6 +27,7 @@ use chrono::Utc;
 use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Message;
 use shared::config::{DbArgs, KafkaArgs, ValidationArgs};
 use shared::db;
 use shared::wire::ValidationRules;
@@ -206,6 +207,7 @@ async fn consume(
                 Ok(message) => {
                     batch.add(&message, rules, Utc::now());
                     if flush_at.is_none() {
+                        tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
                         flush_at = Some(Instant::now() + max_wait);
                     }
                     if batch.len() >= max_readings {

@@ -1,0 +1,399 @@
+//! The built binaries as processes: ingest-gateway, ingest-worker and
+//! query-api against a fresh database and a real Kafka-protocol broker, fed
+//! through HTTP and straight into Kafka, answering analytics with values
+//! computed here, and reproducing the independently computed golden figures.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Value};
+use shared::wire::format_timestamp;
+use test_support::kafka::{committed_offsets, end_offsets, produce_all, producer, MockKafka};
+use test_support::postgres::{fresh_unmigrated_database, TestDatabase};
+use test_support::process::{free_port, wait_until_ok, Service};
+use test_support::readings::{assignment, key_of, meter, vehicle};
+use test_support::{eventually, fixture_path};
+
+const TOPIC: &str = "energy.readings";
+const GROUP: &str = "e2e-workers";
+const PARTITIONS: i32 = 4;
+
+struct Stack {
+    kafka: MockKafka,
+    db: TestDatabase,
+    gateway_url: String,
+    api_url: String,
+    worker: Service,
+    _gateway: Service,
+    _api: Service,
+}
+
+impl Stack {
+    /// Migrates a fresh database with `ingest-worker migrate`, then starts the three services.
+    async fn start() -> Self {
+        let kafka = MockKafka::start(&[(TOPIC, PARTITIONS), ("energy.readings.dlq", 1)]);
+        let db = fresh_unmigrated_database().await;
+        let mut migrate = Service::start(
+            "ingest-worker",
+            &["migrate"],
+            &[("DATABASE_URL", db.url.clone())],
+        );
+        assert!(
+            migrate.wait_exit(Duration::from_secs(30)).success(),
+            "ingest-worker migrate failed"
+        );
+
+        let common = |extra: Vec<(&'static str, String)>| {
+            let mut env = vec![
+                ("DATABASE_URL", db.url.clone()),
+                ("KAFKA_BROKERS", kafka.bootstrap()),
+                ("KAFKA_TOPIC", TOPIC.to_owned()),
+            ];
+            env.extend(extra);
+            env
+        };
+        let gateway_port = free_port();
+        let api_port = free_port();
+        let gateway = Service::start(
+            "ingest-gateway",
+            &[],
+            &common(vec![("GATEWAY_ADDR", format!("127.0.0.1:{gateway_port}"))]),
+        );
+        let worker = Service::start(
+            "ingest-worker",
+            &[],
+            &common(vec![
+                ("KAFKA_GROUP_ID", GROUP.to_owned()),
+                ("BATCH_MAX_WAIT_MS", "100".to_owned()),
+            ]),
+        );
+        let api = Service::start(
+            "query-api",
+            &[],
+            &common(vec![("QUERY_API_ADDR", format!("127.0.0.1:{api_port}"))]),
+        );
+        let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
+        wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await;
+        Self {
+            kafka,
+            db,
+            gateway_url,
+            api_url,
+            worker,
+            _gateway: gateway,
+            _api: api,
+        }
+    }
+
+    async fn post(&self, content_type: &str, body: String) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/ingest", self.gateway_url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn analytics(
+        &self,
+        vehicle: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/analytics/performance/{vehicle}",
+                self.api_url
+            ))
+            .query(&[
+                ("from", format_timestamp(from)),
+                ("to", format_timestamp(to)),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn wait_for_rows(&self, vehicles: i64, meters: i64, assignments: i64) {
+        eventually("every reading stored", Duration::from_secs(90), || async {
+            let counts = (
+                self.db.count("SELECT count(*) FROM vehicle_readings").await,
+                self.db.count("SELECT count(*) FROM meter_readings").await,
+                self.db.count("SELECT count(*) FROM assignments").await,
+            );
+            (counts == (vehicles, meters, assignments)).then_some(())
+        })
+        .await;
+    }
+}
+
+fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
+    at - TimeDelta::nanoseconds(i64::from(at.timestamp_subsec_nanos()))
+}
+
+fn kwh(device: u32, minute: u32) -> f64 {
+    f64::from((device * 5 + minute * 3) % 32 + 1) / 16.0
+}
+
+fn sum(device: u32, minutes: std::ops::RangeInclusive<u32>) -> f64 {
+    minutes.map(|m| kwh(device, m)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_kafka_producers_get_exact_analytics_and_sigterm_commits() {
+    let stack = Stack::start().await;
+    let origin = whole_seconds(Utc::now() - TimeDelta::hours(5));
+    let at = |minute: f64| origin + TimeDelta::milliseconds((minute * 60_000.0) as i64);
+
+    // The domain's worked example: EV-03 moves from MTR-03 to MTR-04 at t=100.67,
+    // which also ends EV-04's assignment to MTR-04.
+    let assignments = vec![
+        assignment("EV-03", Some("MTR-03"), at(-60.0)),
+        assignment("EV-04", Some("MTR-04"), at(-60.0)),
+        assignment("EV-03", Some("MTR-04"), at(100.67)),
+    ];
+    let mut vehicles = Vec::new();
+    let mut meters = Vec::new();
+    for minute in 0..=200u32 {
+        vehicles.push(vehicle(
+            "EV-03",
+            at(f64::from(minute)),
+            50.0,
+            kwh(3, minute),
+            25.0,
+        ));
+        vehicles.push(vehicle(
+            "EV-04",
+            at(f64::from(minute)),
+            50.0,
+            kwh(4, minute),
+            35.0,
+        ));
+        meters.push(meter(
+            "MTR-03",
+            at(f64::from(minute)),
+            kwh(103, minute),
+            230.0,
+        ));
+        meters.push(meter(
+            "MTR-04",
+            at(f64::from(minute)),
+            kwh(104, minute),
+            230.0,
+        ));
+    }
+    // Vehicles and assignments through the gateway (array, NDJSON, and a
+    // retried request); meters straight into Kafka, as fleet chargers publish.
+    let (status, body) = stack
+        .post("application/json", json!(assignments).to_string())
+        .await;
+    assert_eq!((status, body["accepted"].clone()), (202, json!(3)));
+    let (first, second) = vehicles.split_at(200);
+    assert_eq!(
+        stack
+            .post("application/json", json!(first).to_string())
+            .await
+            .0,
+        202
+    );
+    let ndjson: String = second.iter().map(|v| format!("{v}\n")).collect();
+    assert_eq!(
+        stack.post("application/x-ndjson", ndjson.clone()).await.0,
+        202
+    );
+    assert_eq!(stack.post("application/x-ndjson", ndjson).await.0, 202);
+    let direct: Vec<_> = meters
+        .iter()
+        .map(|m| {
+            (
+                Some(key_of(m).into_bytes()),
+                Some(m.to_string().into_bytes()),
+            )
+        })
+        .collect();
+    produce_all(&producer(&stack.kafka.bootstrap()), TOPIC, &direct).await;
+    stack.wait_for_rows(402, 402, 3).await;
+
+    // Window (30, 150]: both edges fall exactly on readings.
+    let (status, body) = stack.analytics("EV-03", at(30.0), at(150.0)).await;
+    assert_eq!(status, 200, "{body}");
+    let dc = sum(3, 31..=150);
+    let ac = sum(103, 31..=100) + sum(104, 101..=150);
+    assert_eq!(
+        (
+            body["sumDC"].as_f64().unwrap(),
+            body["sumAC"].as_f64().unwrap()
+        ),
+        (dc, ac)
+    );
+    assert_eq!(
+        body["efficiency"],
+        json!((100.0 * dc / ac * 100.0).round() / 100.0)
+    );
+    assert_eq!(
+        (
+            body["vehicleReadings"].clone(),
+            body["meterReadings"].clone()
+        ),
+        (json!(120), json!(120))
+    );
+    assert_eq!(
+        (body["avgBatteryTemp"].clone(), body["meterIds"].clone()),
+        (json!(25.0), json!(["MTR-03", "MTR-04"]))
+    );
+    let (_, body) = stack.analytics("EV-04", at(30.0), at(150.0)).await;
+    assert_eq!(
+        (
+            body["sumDC"].as_f64().unwrap(),
+            body["sumAC"].as_f64().unwrap()
+        ),
+        (sum(4, 31..=150), sum(104, 31..=100))
+    );
+    assert_eq!(body["meterReadings"], json!(70));
+
+    // Current state through the API.
+    let current: Value = reqwest::get(format!("{}/v1/vehicles/EV-03", stack.api_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current["timestamp"], json!(format_timestamp(at(200.0))));
+
+    // SIGTERM in the middle of a batch. The first worker stops cleanly; a
+    // second one, whose batches only flush after a minute, takes over, opens
+    // a batch of late readings and is told to stop: it must commit that batch
+    // and exit 0 within 10 s.
+    let mut worker = stack.worker;
+    assert!(worker.terminate(Duration::from_secs(10)).success());
+    let late: Vec<_> = (201..=260u32)
+        .map(|minute| {
+            let m = meter("MTR-03", at(f64::from(minute)), 1.0, 230.0);
+            (
+                Some(key_of(&m).into_bytes()),
+                Some(m.to_string().into_bytes()),
+            )
+        })
+        .collect();
+    produce_all(&producer(&stack.kafka.bootstrap()), TOPIC, &late).await;
+    let mut slow_worker = Service::start(
+        "ingest-worker",
+        &[],
+        &[
+            ("DATABASE_URL", stack.db.url.clone()),
+            ("KAFKA_BROKERS", stack.kafka.bootstrap()),
+            ("KAFKA_TOPIC", TOPIC.to_owned()),
+            ("KAFKA_GROUP_ID", GROUP.to_owned()),
+            ("BATCH_MAX_WAIT_MS", "60000".to_owned()),
+            ("RUST_LOG", "warn,ingest_worker=debug".to_owned()),
+        ],
+    );
+    slow_worker.wait_for_log("batch opened", Duration::from_secs(30));
+    // Let the rest of the late readings join the open batch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stack.db.count("SELECT count(*) FROM meter_readings").await,
+        402,
+        "nothing flushed before SIGTERM"
+    );
+    let status = slow_worker.terminate(Duration::from_secs(10));
+    assert!(status.success(), "worker exited with {status}");
+    assert_eq!(
+        stack.db.count("SELECT count(*) FROM meter_readings").await,
+        462
+    );
+    let committed = committed_offsets(&stack.kafka.bootstrap(), GROUP, TOPIC, PARTITIONS);
+    let ends = end_offsets(&stack.kafka.bootstrap(), TOPIC);
+    assert_eq!(
+        committed,
+        ends.into_iter()
+            .map(|(p, o)| (p, Some(o)))
+            .collect::<BTreeMap<_, _>>()
+    );
+}
+
+/// Shifts a golden timestamp by `shift`.
+fn shifted(raw: &str, shift: TimeDelta) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(raw)
+        .unwrap()
+        .with_timezone(&Utc)
+        + shift
+}
+
+fn close(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() <= 1e-9 * expected.abs().max(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_golden_fixture_gives_the_expected_analytics() {
+    let readings = std::fs::read_to_string(fixture_path("golden/readings.ndjson")).unwrap();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_path("golden/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let mut lines: Vec<Value> = readings
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    // Move the data so its newest reading is two hours old.
+    let newest = lines
+        .iter()
+        .map(|l| shifted(l["timestamp"].as_str().unwrap(), TimeDelta::zero()))
+        .max()
+        .unwrap();
+    let shift = whole_seconds(Utc::now() - TimeDelta::hours(2)) - newest;
+    let mut unique = HashSet::new();
+    for line in &mut lines {
+        let at = shifted(line["timestamp"].as_str().unwrap(), shift);
+        line["timestamp"] = json!(format_timestamp(at));
+        unique.insert((line["type"].as_str().unwrap().to_owned(), key_of(line), at));
+    }
+    let count = |kind: &str| unique.iter().filter(|(k, _, _)| k == kind).count() as i64;
+
+    let stack = Stack::start().await;
+    for chunk in lines.chunks(1000) {
+        let body: String = chunk.iter().map(|l| format!("{l}\n")).collect();
+        let (status, response) = stack.post("application/x-ndjson", body).await;
+        assert_eq!(status, 202, "{response}");
+    }
+    stack
+        .wait_for_rows(count("VEHICLE"), count("METER"), count("ASSIGNMENT"))
+        .await;
+
+    let mut checked = 0;
+    for window in expected["windows"].as_array().unwrap() {
+        let from = shifted(window["from"].as_str().unwrap(), shift);
+        let to = shifted(window["to"].as_str().unwrap(), shift);
+        for (vehicle, figures) in window["vehicles"].as_object().unwrap() {
+            let (status, body) = stack.analytics(vehicle, from, to).await;
+            let context = format!("window {} vehicle {vehicle}: {body}", window["name"]);
+            assert_eq!(status, 200, "{context}");
+            for field in ["sumDC", "sumAC", "avgBatteryTemp"] {
+                assert!(
+                    close(
+                        body[field].as_f64().unwrap(),
+                        figures[field].as_f64().unwrap()
+                    ),
+                    "{field} of {context}"
+                );
+            }
+            assert_eq!(body["efficiency"], figures["efficiency"], "{context}");
+            assert_eq!(
+                body["vehicleReadings"], figures["vehicleReadings"],
+                "{context}"
+            );
+            assert_eq!(body["meterReadings"], figures["meterReadings"], "{context}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 36, "three windows of twelve vehicles");
+}
