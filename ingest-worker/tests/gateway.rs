@@ -251,6 +251,11 @@ async fn every_validation_rule_answers_422_naming_the_field_and_publishes_nothin
             "meterId",
             "is required (null ends the vehicle's assignment)",
         ),
+        (
+            json!({"type":"ASSIGNMENT","vehicleId":"V-1","meterId":5,"timestamp":shared::wire::format_timestamp(at)}),
+            "meterId",
+            "must be a string or null",
+        ),
         (json!("a string"), "reading", "must be a JSON object"),
     ];
     for (reading, field, error) in cases {
@@ -329,6 +334,22 @@ async fn malformed_oversized_and_mistyped_bodies_get_clear_errors() {
         (status, body["error"].as_str().unwrap()),
         (413, "the request body is larger than 2000 bytes")
     );
+    let response = reqwest::get(format!("{}/v1/ingest", gateway.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"error": "method not allowed"})
+    );
+    let response = reqwest::get(format!("{}/nowhere", gateway.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"error": "no such route"})
+    );
     assert!(payloads(&kafka.bootstrap(), 1).is_empty());
     gateway.stop().await;
 }
@@ -360,7 +381,7 @@ async fn broker_down_means_503_with_retry_after_never_202_then_recovery() {
         assert_eq!(retry_after.as_deref(), Some("5"));
         // Bounded by the publish timeout (1.5 s) plus slack.
         assert!(
-            started.elapsed() < Duration::from_secs(6),
+            started.elapsed() < Duration::from_secs(10),
             "took {:?}",
             started.elapsed()
         );
@@ -369,7 +390,7 @@ async fn broker_down_means_503_with_retry_after_never_202_then_recovery() {
     assert_eq!(gateway.get_status("/healthz").await, 200);
 
     kafka.broker_up();
-    let recovered = test_support::eventually(
+    test_support::eventually(
         "a 202 after the broker is back",
         Duration::from_secs(30),
         || async {
@@ -380,6 +401,5 @@ async fn broker_down_means_503_with_retry_after_never_202_then_recovery() {
         },
     )
     .await;
-    assert_eq!(recovered, ());
     gateway.stop().await;
 }

@@ -125,12 +125,16 @@ async fn rows_equal_readings_with_duplicates_out_of_order_and_poison_messages() 
             let mut value: Value = serde_json::from_slice(payload.as_ref().unwrap()).unwrap();
             if value["type"] == "VEHICLE" {
                 value["kwhDeliveredDc"] = 99.0.into();
+                value["soc"] = 99.0.into();
+                value["batteryTemp"] = 99.0.into();
             } else {
                 value["kwhConsumedAc"] = 99.0.into();
             }
             (key.clone(), Some(value.to_string().into_bytes()))
         })
         .collect();
+    // (key, payload, expected reason)
+    #[allow(clippy::type_complexity)]
     let poison: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, &str)> = vec![
         (Some(b"V-0".to_vec()), Some(b"not json at all".to_vec()), "payload is not valid JSON"),
         (Some(b"V-1".to_vec()), Some(br#"{"type":"VEHICLE","vehicleId":"V-1"}"#.to_vec()), "invalid reading: soc is required"),
@@ -175,16 +179,21 @@ async fn rows_equal_readings_with_duplicates_out_of_order_and_poison_messages() 
         .await
         .unwrap();
     assert!(max_ac < 99.0);
-    // Current state is the newest reading by event time (minute 29), though it was sent first.
-    let current: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as(
-        "SELECT vehicle_id, recorded_at, soc FROM vehicles_current ORDER BY vehicle_id",
+    // Current state is the newest reading by event time (minute 29), though it
+    // was sent first; V-0's minute-29 reading was also re-sent with other
+    // values (soc 99), and the first one must have won.
+    let current: Vec<(String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
+        "SELECT vehicle_id, recorded_at, soc, battery_temp FROM vehicles_current ORDER BY vehicle_id",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(current.len(), 10);
-    for (_, at, soc) in current {
-        assert_eq!((at, soc), (t0 + TimeDelta::minutes(29), 29.0));
+    for (_, at, soc, battery_temp) in current {
+        assert_eq!(
+            (at, soc, battery_temp),
+            (t0 + TimeDelta::minutes(29), 29.0, 20.0)
+        );
     }
 
     // Every poison message is in the dead-letter topic, unchanged, with its reason and origin.
@@ -321,7 +330,7 @@ async fn lost_database_connections_are_retried_and_nothing_is_lost_or_doubled() 
         let mut killed = 0;
         for _ in 0..40 {
             let terminated: Vec<bool> = sqlx::query_scalar(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'ingest-worker'",
             )
             .bind(&db.name)
             .fetch_all(&db.pool)

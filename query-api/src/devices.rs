@@ -1,5 +1,6 @@
 //! Current state of a device: its newest reading by event time.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -31,50 +32,69 @@ pub struct MeterState {
     updated_at: String,
 }
 
+#[derive(sqlx::FromRow)]
+struct VehicleRow {
+    soc: f64,
+    kwh_delivered_dc: f64,
+    battery_temp: f64,
+    recorded_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MeterRow {
+    kwh_consumed_ac: f64,
+    voltage: f64,
+    recorded_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
 pub async fn vehicle(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<VehicleState>, ApiError> {
+    let Path(raw_id) = raw_id?;
     let id = device_id("vehicleId", &raw_id)?;
-    let row: Option<(f64, f64, f64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let row: Option<VehicleRow> = sqlx::query_as(
         "SELECT soc, kwh_delivered_dc, battery_temp, recorded_at, updated_at
          FROM vehicles_current WHERE vehicle_id = $1",
     )
     .bind(id.as_str())
     .fetch_optional(&state.pool)
     .await?;
-    let Some((soc, kwh_delivered_dc, battery_temp, recorded_at, updated_at)) = row else {
+    let Some(row) = row else {
         return Err(ApiError::NotFound(format!("no readings for vehicle {id}")));
     };
     Ok(Json(VehicleState {
         vehicle_id: id.to_string(),
-        soc,
-        kwh_delivered_dc,
-        battery_temp,
-        timestamp: format_timestamp(recorded_at),
-        updated_at: format_timestamp(updated_at),
+        soc: row.soc,
+        kwh_delivered_dc: row.kwh_delivered_dc,
+        battery_temp: row.battery_temp,
+        timestamp: format_timestamp(row.recorded_at),
+        updated_at: format_timestamp(row.updated_at),
     }))
 }
 
 pub async fn meter(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MeterState>, ApiError> {
+    let Path(raw_id) = raw_id?;
     let id = device_id("meterId", &raw_id)?;
-    let row: Option<(f64, f64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let row: Option<MeterRow> = sqlx::query_as(
         "SELECT kwh_consumed_ac, voltage, recorded_at, updated_at FROM meters_current WHERE meter_id = $1",
     )
     .bind(id.as_str())
     .fetch_optional(&state.pool)
     .await?;
-    let Some((kwh_consumed_ac, voltage, recorded_at, updated_at)) = row else {
+    let Some(row) = row else {
         return Err(ApiError::NotFound(format!("no readings for meter {id}")));
     };
     Ok(Json(MeterState {
         meter_id: id.to_string(),
-        kwh_consumed_ac,
-        voltage,
-        timestamp: format_timestamp(recorded_at),
-        updated_at: format_timestamp(updated_at),
+        kwh_consumed_ac: row.kwh_consumed_ac,
+        voltage: row.voltage,
+        timestamp: format_timestamp(row.recorded_at),
+        updated_at: format_timestamp(row.updated_at),
     }))
 }

@@ -18,14 +18,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::routing::get;
+use axum::BoxError;
 use axum::Router;
 use clap::Args;
 use shared::config::DbArgs;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -58,7 +60,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pool = shared::db::pool(&args.db).context("invalid database settings")?;
+    let pool = shared::db::pool(&args.db, "query-api").context("invalid database settings")?;
     shared::db::wait_until_migrated(&pool).await?;
     let state = AppState {
         pool,
@@ -86,10 +88,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::Timeout
+                }))
+                .timeout(Duration::from_secs(30)),
+        )
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

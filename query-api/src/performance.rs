@@ -4,11 +4,19 @@
 //!
 //! Which meter counts is decided by assignments in event time: an assignment
 //! of vehicle V to meter M at `start` holds until V's next assignment event,
-//! or until M is assigned to another vehicle, whichever comes first. A vehicle
-//! that never had an assignment is paired with the meter of the same id (so
-//! the original API's examples, id "1" for both, work). Ends are derived in
-//! the query rather than stored, so assignments may arrive in any order.
+//! or until M is assigned to another vehicle, whichever comes first; a meter
+//! reading at `r` counts when `start <= r < end`. If one meter is assigned to
+//! two vehicles at the same instant, the vehicle with the greater id gets it
+//! (an arbitrary but deterministic rule: the meter's AC is never counted twice).
+//!
+//! A vehicle that has not had an assignment yet is paired with the meter of
+//! the same id (so the original API's examples, id "1" for both, work): that
+//! implicit pairing runs from the beginning of time until the vehicle's first
+//! assignment event or until that meter is first assigned to another
+//! vehicle. Ends are derived in the query rather than stored, so assignments
+//! may arrive in any order.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use chrono::Utc;
@@ -36,13 +44,17 @@ spans AS (
                (SELECT min(n.starts_at) FROM assignments n
                  WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
                (SELECT min(o.starts_at) FROM assignments o
-                 WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id AND o.starts_at > a.starts_at)
+                 WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id
+                   AND (o.starts_at > a.starts_at OR (o.starts_at = a.starts_at AND o.vehicle_id > a.vehicle_id)))
            ) AS ends_at
     FROM assignments a
     WHERE a.vehicle_id = $1 AND a.meter_id IS NOT NULL
     UNION ALL
-    SELECT $1::text, '-infinity'::timestamptz, NULL::timestamptz
-    WHERE NOT EXISTS (SELECT 1 FROM assignments WHERE vehicle_id = $1)
+    SELECT $1::text, '-infinity'::timestamptz,
+           LEAST(
+               (SELECT min(n.starts_at) FROM assignments n WHERE n.vehicle_id = $1),
+               (SELECT min(o.starts_at) FROM assignments o WHERE o.meter_id = $1 AND o.vehicle_id <> $1)
+           )
 ),
 per_span AS (
     SELECT s.meter_id, r.n, r.ac
@@ -128,9 +140,10 @@ pub async fn vehicle_performance(
 /// `GET /v1/analytics/performance/{vehicleId}?from=&to=`
 pub async fn by_path(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Performance>, ApiError> {
+    let Path(raw_id) = raw_id?;
     let params = QueryParams::parse(query.as_deref())?;
     respond(&state, &raw_id, &params).await
 }

@@ -319,6 +319,7 @@ async fn errors_are_json_with_the_right_status() {
             "meterId must not start or end with whitespace",
         ),
         ("/no/such/route".into(), 404, "no such route"),
+        ("/v1/vehicles/%FF".into(), 400, "invalid path"),
     ];
     for (path, status, error) in cases {
         let (got, body) = api.get(&path).await;
@@ -331,6 +332,16 @@ async fn errors_are_json_with_the_right_status() {
             "{path}: {body}"
         );
     }
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/vehicles/V-1", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"error": "method not allowed"})
+    );
     // A window that reaches back 30 hours finds it.
     let from = format_timestamp(Utc::now() - TimeDelta::hours(31));
     let (status, _) = api
@@ -390,4 +401,56 @@ async fn refuses_to_start_against_an_unmigrated_database() {
         error.to_string().contains("run `ingest-worker migrate`"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assignment_edges_ties_and_the_end_of_the_implicit_pairing() {
+    let db = fresh_database().await;
+    let origin = Utc::now() - TimeDelta::hours(3);
+    let origin = origin - TimeDelta::nanoseconds(i64::from(origin.timestamp_subsec_nanos()));
+    let at = |minute: i64| origin + TimeDelta::minutes(minute);
+    for minute in 0..=60 {
+        for id in ["A", "B", "C"] {
+            insert_vehicle(&db.pool, id, at(minute), 1.0, 20.0).await;
+            insert_meter(&db.pool, id, at(minute), f64::from(minute as u32)).await;
+        }
+    }
+    // A charges through its own meter "A" (never assigned) until B takes meter
+    // "A" at minute 20. B was on its own meter until then too.
+    insert_assignment(&db.pool, "B", Some("A"), at(20)).await;
+    // Meter "C" goes to A and to C at the same instant (minute 40): the greater id, C, gets it.
+    insert_assignment(&db.pool, "A", Some("C"), at(40)).await;
+    insert_assignment(&db.pool, "C", Some("C"), at(40)).await;
+    let api = Api::start(&db).await;
+    let window = |vehicle: &str| {
+        format!(
+            "/v1/analytics/performance/{vehicle}?from={}&to={}",
+            format_timestamp(at(0)).replace('+', "%2B"),
+            format_timestamp(at(60)).replace('+', "%2B")
+        )
+    };
+    let minutes = |range: std::ops::RangeInclusive<u32>| -> f64 { range.map(f64::from).sum() };
+
+    // A: meter "A" at minutes 1..=19 (the reading at 20, B's start, is B's);
+    // nothing from meter "C" (tie lost) after its own first assignment at 40.
+    let (_, body) = api.get(&window("A")).await;
+    assert_eq!(
+        (body["sumAC"].as_f64(), body["meterReadings"].clone()),
+        (Some(minutes(1..=19)), json!(19))
+    );
+    assert_eq!(body["meterIds"], json!(["A"]));
+    // B: its own meter "B" until minute 20 (its first assignment), then meter "A" from 20 on.
+    let (_, body) = api.get(&window("B")).await;
+    assert_eq!(
+        body["sumAC"].as_f64(),
+        Some(minutes(1..=19) + minutes(20..=60))
+    );
+    assert_eq!(body["meterIds"], json!(["A", "B"]));
+    // C: its own meter throughout: implicitly before minute 40, by assignment (tie won) after.
+    let (_, body) = api.get(&window("C")).await;
+    assert_eq!(
+        (body["sumAC"].as_f64(), body["meterReadings"].clone()),
+        (Some(minutes(1..=60)), json!(60))
+    );
+    api.stop().await;
 }

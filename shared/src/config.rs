@@ -42,6 +42,10 @@ pub struct DbArgs {
     /// Most connections this process opens to PostgreSQL
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+
+    /// Longest a single SQL statement may run before PostgreSQL cancels it, in milliseconds
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 60_000)]
+    pub db_statement_timeout_ms: u64,
 }
 
 impl DbArgs {
@@ -86,5 +90,58 @@ impl ValidationArgs {
         ValidationRules {
             max_future: TimeDelta::seconds(i64::from(self.max_future_seconds)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        db: DbArgs,
+    }
+
+    #[test]
+    fn the_original_api_db_variables_build_the_connection() {
+        let cli = Cli::parse_from([
+            "test",
+            "--db-host=db.internal",
+            "--db-port=6543",
+            "--db-user=fleet",
+            "--db-pass=secret",
+            "--db-name=telemetry",
+        ]);
+        let options = cli.db.connect_options().unwrap();
+        assert_eq!(
+            (
+                options.get_host(),
+                options.get_port(),
+                options.get_username(),
+                options.get_database()
+            ),
+            ("db.internal", 6543, "fleet", Some("telemetry"))
+        );
+    }
+
+    #[test]
+    fn database_url_wins_over_db_variables() {
+        let cli = Cli::parse_from([
+            "test",
+            "--database-url=postgres://u@h:1111/d",
+            "--db-host=ignored",
+        ]);
+        let options = cli.db.connect_options().unwrap();
+        assert_eq!(
+            (
+                options.get_host(),
+                options.get_port(),
+                options.get_database()
+            ),
+            ("h", 1111, Some("d"))
+        );
     }
 }

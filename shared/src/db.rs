@@ -22,13 +22,23 @@ pub enum SchemaError {
     Database(#[from] sqlx::Error),
 }
 
-/// Opens a pool. Connections are made lazily so a service can start (and
-/// report not-ready) while PostgreSQL is still coming up.
-pub fn pool(args: &DbArgs) -> Result<PgPool, sqlx::Error> {
+/// Opens a pool whose sessions carry `application_name` (so operators can
+/// tell them apart in `pg_stat_activity`) and a statement timeout (a hung
+/// statement fails as a transient error instead of blocking forever).
+/// Connections are made lazily so a service can start (and report
+/// not-ready) while PostgreSQL is still coming up.
+pub fn pool(args: &DbArgs, application_name: &str) -> Result<PgPool, sqlx::Error> {
+    let options = args
+        .connect_options()?
+        .application_name(application_name)
+        .options([(
+            "statement_timeout",
+            format!("{}ms", args.db_statement_timeout_ms),
+        )]);
     Ok(PgPoolOptions::new()
         .max_connections(args.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(args.connect_options()?))
+        .connect_lazy_with(options))
 }
 
 /// Applies every pending migration.

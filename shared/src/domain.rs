@@ -13,20 +13,33 @@ pub const MAX_ID_CHARS: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(String);
 
+/// Why a string is not a [`DeviceId`]; the messages complete "vehicleId ...".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most 64 characters")]
+    TooLong,
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("must not start or end with whitespace")]
+    SurroundingWhitespace,
+}
+
 impl DeviceId {
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
         let n_chars = raw.chars().count();
         if n_chars == 0 {
-            return Err("must not be empty");
+            return Err(IdError::Empty);
         }
         if n_chars > MAX_ID_CHARS {
-            return Err("must be at most 64 characters");
+            return Err(IdError::TooLong);
         }
         if raw.chars().any(char::is_control) {
-            return Err("must not contain control characters");
+            return Err(IdError::ControlCharacter);
         }
         if raw.starts_with(char::is_whitespace) || raw.ends_with(char::is_whitespace) {
-            return Err("must not start or end with whitespace");
+            return Err(IdError::SurroundingWhitespace);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -128,26 +141,14 @@ mod tests {
     fn device_id_rules() {
         assert!(DeviceId::parse("EV-01").is_ok());
         assert!(DeviceId::parse("électrique-🚗").is_ok());
-        assert_eq!(DeviceId::parse(""), Err("must not be empty"));
+        assert_eq!(DeviceId::parse(""), Err(IdError::Empty));
         assert!(DeviceId::parse(&"x".repeat(64)).is_ok());
-        assert_eq!(
-            DeviceId::parse(&"x".repeat(65)),
-            Err("must be at most 64 characters")
-        );
+        assert_eq!(DeviceId::parse(&"x".repeat(65)), Err(IdError::TooLong));
         // 64 multi-byte characters are fine: the limit counts characters, not bytes.
         assert!(DeviceId::parse(&"é".repeat(64)).is_ok());
-        assert_eq!(
-            DeviceId::parse("a\tb"),
-            Err("must not contain control characters")
-        );
-        assert_eq!(
-            DeviceId::parse(" a"),
-            Err("must not start or end with whitespace")
-        );
-        assert_eq!(
-            DeviceId::parse("a "),
-            Err("must not start or end with whitespace")
-        );
+        assert_eq!(DeviceId::parse("a\tb"), Err(IdError::ControlCharacter));
+        assert_eq!(DeviceId::parse(" a"), Err(IdError::SurroundingWhitespace));
+        assert_eq!(DeviceId::parse("a "), Err(IdError::SurroundingWhitespace));
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl<'a> Fields<'a> {
 
     fn parse_id(&mut self, field: &str, raw: &str) -> Option<DeviceId> {
         DeviceId::parse(raw)
-            .map_err(|error| self.errors.push(FieldError::new(field, error)))
+            .map_err(|error| self.errors.push(FieldError::new(field, error.to_string())))
             .ok()
     }
 
@@ -319,7 +319,7 @@ pub fn format_timestamp(instant: DateTime<Utc>) -> String {
 }
 
 /// Encodes a reading as its canonical JSON message payload.
-pub fn encode(reading: &Reading) -> Vec<u8> {
+pub fn encode(reading: &Reading) -> Result<Vec<u8>, serde_json::Error> {
     let wire = match reading {
         Reading::Vehicle(v) => WireReading::Vehicle {
             vehicle_id: v.vehicle_id.as_str(),
@@ -340,8 +340,7 @@ pub fn encode(reading: &Reading) -> Vec<u8> {
             timestamp: format_timestamp(a.starts_at.instant()),
         },
     };
-    // Serialising a struct of strings and finite floats cannot fail.
-    serde_json::to_vec(&wire).unwrap_or_default()
+    serde_json::to_vec(&wire)
 }
 
 #[cfg(test)]
@@ -390,7 +389,7 @@ mod tests {
         ];
         for example in examples {
             let reading = decode(example.clone()).unwrap();
-            let encoded: Value = serde_json::from_slice(&encode(&reading)).unwrap();
+            let encoded: Value = serde_json::from_slice(&encode(&reading).unwrap()).unwrap();
             assert_eq!(decode(encoded).unwrap(), reading);
         }
     }

@@ -105,6 +105,9 @@ impl Drop for MockKafka {
     }
 }
 
+/// A raw Kafka message as a producer sends it: optional key, optional payload.
+pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// An acks=all producer for feeding topics directly, as fleet chargers do.
 pub fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
@@ -117,11 +120,7 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
 }
 
 /// Produces raw messages and waits for every acknowledgement.
-pub async fn produce_all(
-    producer: &FutureProducer,
-    topic: &str,
-    messages: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
-) {
+pub async fn produce_all(producer: &FutureProducer, topic: &str, messages: &[RawMessage]) {
     let mut deliveries = Vec::with_capacity(messages.len());
     for (key, payload) in messages {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);

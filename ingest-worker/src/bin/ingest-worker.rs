@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Migrate { db }) => {
-            let pool = shared::db::pool(&db).context("invalid database settings")?;
+            let pool = shared::db::pool(&db, "ingest-worker migrate")
+                .context("invalid database settings")?;
             shared::db::migrate(&pool)
                 .await
                 .context("migration failed")?;

@@ -28,55 +28,66 @@ pub enum ApiError {
     #[error("invalid readings: nothing was published")]
     InvalidReadings(Vec<ReadingError>),
     #[error("kafka did not acknowledge the readings")]
-    Unavailable(#[from] PublishError),
+    Publish(#[from] PublishError),
     #[error("{0}")]
     NotReady(&'static str),
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the request took too long")]
+    Timeout,
 }
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: &str = "5";
 
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn unavailable(message: &str) -> Response {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         match self {
-            ApiError::UnsupportedMediaType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Json(json!({ "error": message })),
-            )
-                .into_response(),
-            ApiError::Malformed(_) => {
-                (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+            ApiError::UnsupportedMediaType(_) => {
+                json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &message)
             }
-            ApiError::PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({ "error": message })),
-            )
-                .into_response(),
+            ApiError::Malformed(_) => json_error(StatusCode::BAD_REQUEST, &message),
+            ApiError::PayloadTooLarge(_) => json_error(StatusCode::PAYLOAD_TOO_LARGE, &message),
             ApiError::InvalidReadings(errors) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({ "error": message, "errors": errors })),
             )
                 .into_response(),
-            ApiError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "publish failed, answering 503");
-                let message = match cause {
-                    PublishError::Overloaded => "the gateway is overloaded: retry later",
-                    _ => "kafka did not acknowledge the readings in time: retry the whole request",
-                };
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
-                    Json(json!({ "error": message })),
-                )
-                    .into_response()
+            ApiError::Publish(PublishError::Encode(error)) => {
+                tracing::error!(%error, "reading could not be encoded");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
-            ApiError::NotReady(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
-                Json(json!({ "error": message })),
-            )
-                .into_response(),
+            ApiError::Publish(cause) => {
+                tracing::warn!(error = %cause, "publish failed, answering 503");
+                match cause {
+                    PublishError::Overloaded => {
+                        unavailable("the gateway is overloaded: retry later")
+                    }
+                    _ => unavailable(
+                        "kafka did not acknowledge the readings in time: retry the whole request",
+                    ),
+                }
+            }
+            ApiError::NotReady(_) => unavailable(&message),
+            ApiError::NotFound => json_error(StatusCode::NOT_FOUND, &message),
+            ApiError::MethodNotAllowed => json_error(StatusCode::METHOD_NOT_ALLOWED, &message),
+            ApiError::Timeout => json_error(StatusCode::REQUEST_TIMEOUT, &message),
         }
     }
 }

@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use axum::BoxError;
 use axum::{Json, Router};
 use chrono::Utc;
 use clap::Args;
@@ -26,7 +28,7 @@ use serde::Serialize;
 use shared::config::{KafkaArgs, ValidationArgs};
 use shared::wire::{decode_value, ValidationRules};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use self::body::BodyFormat;
@@ -97,10 +99,15 @@ pub async fn serve(
         .route("/v1/ingest", post(ingest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::Timeout
+                }))
+                .timeout(request_timeout),
+        )
         .layer(TraceLayer::new_for_http())
         .with_state(state);
     tracing::info!(addr = %listener.local_addr()?, topic = %args.kafka.kafka_topic, "ingest-gateway listening");

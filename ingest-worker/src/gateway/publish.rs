@@ -20,6 +20,8 @@ pub enum PublishError {
     Kafka(#[from] KafkaError),
     #[error("no acknowledgement within the publish timeout")]
     TimedOut,
+    #[error("a reading could not be encoded")]
+    Encode(#[from] serde_json::Error),
 }
 
 pub struct Publisher {
@@ -44,7 +46,7 @@ impl Publisher {
     pub async fn publish(&self, readings: &[Reading]) -> Result<(), PublishError> {
         let mut deliveries = Vec::with_capacity(readings.len());
         for reading in readings {
-            let payload = wire::encode(reading);
+            let payload = wire::encode(reading)?;
             let record = FutureRecord::to(&self.topic)
                 .key(reading.device_id().as_str())
                 .payload(&payload);

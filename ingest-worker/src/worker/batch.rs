@@ -9,6 +9,25 @@ use rdkafka::message::{BorrowedMessage, Message};
 use shared::domain::Reading;
 use shared::wire::{decode_message, ValidationRules};
 
+/// The instant "at most N minutes in the future" is measured from: the
+/// message's Kafka timestamp when it is ahead of this host's clock (by at
+/// most the allowance itself), else now. A reading the gateway accepted near
+/// the limit is then not refused here because this host's clock lags the
+/// gateway's, while a producer's timestamp cannot widen the window by more
+/// than one allowance.
+fn future_check_reference(
+    message: &BorrowedMessage<'_>,
+    rules: &ValidationRules,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    message
+        .timestamp()
+        .to_millis()
+        .and_then(DateTime::from_timestamp_millis)
+        .filter(|produced_at| *produced_at > now)
+        .map_or(now, |produced_at| produced_at.min(now + rules.max_future))
+}
+
 /// A message that could not become a reading, with why.
 pub struct Rejected {
     pub key: Option<Vec<u8>>,
@@ -43,9 +62,12 @@ impl Batch {
         rules: &ValidationRules,
         now: DateTime<Utc>,
     ) {
+        let reference = future_check_reference(message, rules, now);
         let decoded = match message.payload() {
             None | Some([]) => Err("empty payload".to_owned()),
-            Some(payload) => decode_message(payload, rules, now).map_err(|error| error.to_string()),
+            Some(payload) => {
+                decode_message(payload, rules, reference).map_err(|error| error.to_string())
+            }
         };
         match decoded {
             Ok(reading) => self.readings.push(reading),

@@ -16,6 +16,16 @@ pub const REASON_HEADER: &str = "dlq.reason";
 pub const SOURCE_TOPIC_HEADER: &str = "dlq.source.topic";
 pub const SOURCE_PARTITION_HEADER: &str = "dlq.source.partition";
 pub const SOURCE_OFFSET_HEADER: &str = "dlq.source.offset";
+/// Present when the payload was cut; holds the original length in bytes.
+pub const TRUNCATED_HEADER: &str = "dlq.payload.truncated";
+
+/// Largest payload copied to the dead-letter topic. Kafka refuses messages
+/// over `message.max.bytes` (1 MB by default) for good, so an oversized
+/// poison message would otherwise block its partition forever; its head is
+/// enough to diagnose it, and the reason and origin headers locate it.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 512 * 1024;
+/// Largest key copied (device ids are at most 64 characters).
+pub const MAX_DEAD_LETTER_KEY: usize = 4 * 1024;
 
 pub struct DeadLetterProducer {
     producer: FutureProducer,
@@ -48,28 +58,30 @@ impl DeadLetterProducer {
         for message in rejected {
             let partition = message.partition.to_string();
             let offset = message.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: REASON_HEADER,
-                    value: Some(message.reason.as_str()),
-                })
-                .insert(Header {
-                    key: SOURCE_TOPIC_HEADER,
-                    value: Some(self.source_topic.as_str()),
-                })
-                .insert(Header {
-                    key: SOURCE_PARTITION_HEADER,
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: SOURCE_OFFSET_HEADER,
-                    value: Some(offset.as_str()),
+            let original_length = message.payload.len().to_string();
+            let payload = &message.payload[..message.payload.len().min(MAX_DEAD_LETTER_PAYLOAD)];
+            let mut headers = vec![
+                (REASON_HEADER, message.reason.as_str()),
+                (SOURCE_TOPIC_HEADER, self.source_topic.as_str()),
+                (SOURCE_PARTITION_HEADER, partition.as_str()),
+                (SOURCE_OFFSET_HEADER, offset.as_str()),
+            ];
+            if payload.len() < message.payload.len() {
+                headers.push((TRUNCATED_HEADER, original_length.as_str()));
+            }
+            let headers = headers
+                .into_iter()
+                .fold(OwnedHeaders::new(), |all, (key, value)| {
+                    all.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
                 });
             let mut record = FutureRecord::to(&self.dead_letter_topic)
-                .payload(message.payload.as_slice())
+                .payload(payload)
                 .headers(headers);
             if let Some(key) = &message.key {
-                record = record.key(key.as_slice());
+                record = record.key(&key[..key.len().min(MAX_DEAD_LETTER_KEY)]);
             }
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),

@@ -47,21 +47,7 @@ impl WriteError {
 /// Classifies by SQLSTATE class: 08 connection, 40 transaction rollback,
 /// 53 insufficient resources, 57 operator intervention are transient.
 fn classify(error: sqlx::Error) -> WriteError {
-    let transient = match &error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "40", "53", "57"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    };
-    if transient {
+    if shared::db::is_transient(&error) {
         WriteError::Transient(error)
     } else {
         WriteError::Permanent(error)
@@ -276,7 +262,11 @@ fn newest_per_device<'a, T>(
             })
             .or_insert(row);
     }
-    newest.into_values().collect()
+    // Sorted by device id so concurrent transactions lock rows in the same
+    // order and cannot deadlock each other.
+    let mut rows: Vec<&'a T> = newest.into_values().collect();
+    rows.sort_by(|a, b| key(a).0.cmp(key(b).0));
+    rows
 }
 
 async fn upsert_current_vehicles(
