@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use shared::wire::format_timestamp;
 use test_support::kafka::{committed_offsets, end_offsets, produce_all, producer, MockKafka};
 use test_support::postgres::{fresh_unmigrated_database, TestDatabase};
-use test_support::process::{free_port, wait_until_ok, Service};
+use test_support::process::{wait_until_ok, Service};
 use test_support::readings::{assignment, key_of, meter, vehicle};
+use test_support::services::Wiring;
 use test_support::{eventually, fixture_path};
 
 const TOPIC: &str = "energy.readings";
@@ -22,6 +23,7 @@ const PARTITIONS: i32 = 4;
 struct Stack {
     kafka: MockKafka,
     db: TestDatabase,
+    wiring: Wiring,
     gateway_url: String,
     api_url: String,
     worker: Service,
@@ -34,52 +36,21 @@ impl Stack {
     async fn start() -> Self {
         let kafka = MockKafka::start(&[(TOPIC, PARTITIONS), ("energy.readings.dlq", 1)]);
         let db = fresh_unmigrated_database().await;
-        let mut migrate = Service::start(
-            "ingest-worker",
-            &["migrate"],
-            &[("DATABASE_URL", db.url.clone())],
-        );
-        assert!(
-            migrate.wait_exit(Duration::from_secs(30)).success(),
-            "ingest-worker migrate failed"
-        );
-
-        let common = |extra: Vec<(&'static str, String)>| {
-            let mut env = vec![
-                ("DATABASE_URL", db.url.clone()),
-                ("KAFKA_BROKERS", kafka.bootstrap()),
-                ("KAFKA_TOPIC", TOPIC.to_owned()),
-            ];
-            env.extend(extra);
-            env
+        let wiring = Wiring {
+            database_url: db.url.clone(),
+            bootstrap: kafka.bootstrap(),
+            topic: TOPIC.to_owned(),
         };
-        let gateway_port = free_port();
-        let api_port = free_port();
-        let gateway = Service::start(
-            "ingest-gateway",
-            &[],
-            &common(vec![("GATEWAY_ADDR", format!("127.0.0.1:{gateway_port}"))]),
-        );
-        let worker = Service::start(
-            "ingest-worker",
-            &[],
-            &common(vec![
-                ("KAFKA_GROUP_ID", GROUP.to_owned()),
-                ("BATCH_MAX_WAIT_MS", "100".to_owned()),
-            ]),
-        );
-        let api = Service::start(
-            "query-api",
-            &[],
-            &common(vec![("QUERY_API_ADDR", format!("127.0.0.1:{api_port}"))]),
-        );
-        let gateway_url = format!("http://127.0.0.1:{gateway_port}");
-        let api_url = format!("http://127.0.0.1:{api_port}");
+        wiring.migrate();
+        let (gateway, gateway_url) = wiring.start_gateway(&[]);
+        let (worker, _) = wiring.start_worker(GROUP, &[]);
+        let (api, api_url) = wiring.start_query_api();
         wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
         wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await;
         Self {
             kafka,
             db,
+            wiring,
             gateway_url,
             api_url,
             worker,
@@ -283,14 +254,9 @@ async fn http_and_kafka_producers_get_exact_analytics_and_sigterm_commits() {
         })
         .collect();
     produce_all(&producer(&stack.kafka.bootstrap()), TOPIC, &late).await;
-    let mut slow_worker = Service::start(
-        "ingest-worker",
-        &[],
+    let (mut slow_worker, _) = stack.wiring.start_worker(
+        GROUP,
         &[
-            ("DATABASE_URL", stack.db.url.clone()),
-            ("KAFKA_BROKERS", stack.kafka.bootstrap()),
-            ("KAFKA_TOPIC", TOPIC.to_owned()),
-            ("KAFKA_GROUP_ID", GROUP.to_owned()),
             ("BATCH_MAX_WAIT_MS", "60000".to_owned()),
             ("RUST_LOG", "warn,ingest_worker=debug".to_owned()),
         ],
@@ -323,17 +289,7 @@ async fn http_and_kafka_producers_get_exact_analytics_and_sigterm_commits() {
     assert_eq!(committed, total_messages - 60 + stored_late);
 
     // A worker started again finds the rest where the committed offsets say.
-    let _worker = Service::start(
-        "ingest-worker",
-        &[],
-        &[
-            ("DATABASE_URL", stack.db.url.clone()),
-            ("KAFKA_BROKERS", stack.kafka.bootstrap()),
-            ("KAFKA_TOPIC", TOPIC.to_owned()),
-            ("KAFKA_GROUP_ID", GROUP.to_owned()),
-            ("BATCH_MAX_WAIT_MS", "100".to_owned()),
-        ],
-    );
+    let _worker = stack.wiring.start_worker(GROUP, &[]);
     stack.wait_for_rows(402, 462, 3).await;
     eventually("all offsets committed", Duration::from_secs(30), || async {
         (committed_total(committed_offsets(

@@ -42,6 +42,7 @@ fn worker_args(kafka: &MockKafka, db: &TestDatabase, extra: &[&str]) -> WorkerAr
         format!("--kafka-brokers={}", kafka.bootstrap()),
         format!("--kafka-topic={TOPIC}"),
         format!("--kafka-group-id={GROUP}"),
+        "--health-addr=127.0.0.1:0".to_owned(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     Cli::parse_from(argv).worker

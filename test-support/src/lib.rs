@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod postgres;
 pub mod process;
 pub mod readings;
+pub mod services;
 
 use std::future::Future;
 use std::path::PathBuf;

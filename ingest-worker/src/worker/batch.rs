@@ -3,6 +3,7 @@
 //! offset seen per partition (stored only after the batch is durable).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -29,6 +30,7 @@ fn future_check_reference(
 }
 
 /// A message that could not become a reading, with why.
+#[derive(Clone, Debug)]
 pub struct Rejected {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
@@ -37,9 +39,23 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// Where a decoded reading came from, so it can still be dead-lettered with
+/// its original bytes if the database refuses it.
+struct Origin {
+    partition: i32,
+    offset: i64,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+}
+
 #[derive(Default)]
 pub struct Batch {
     pub readings: Vec<Reading>,
+    /// Parallel to `readings`.
+    origins: Vec<Origin>,
+    /// Keys and payloads of `readings`, back to back: one growing buffer
+    /// instead of two allocations per message.
+    raw: Vec<u8>,
     pub rejected: Vec<Rejected>,
     /// Highest offset consumed per partition of the readings topic.
     pub last_offsets: BTreeMap<i32, i64>,
@@ -70,7 +86,17 @@ impl Batch {
             }
         };
         match decoded {
-            Ok(reading) => self.readings.push(reading),
+            Ok(reading) => {
+                let key = message.key().map(|key| self.keep(key));
+                let payload = self.keep(message.payload().unwrap_or_default());
+                self.readings.push(reading);
+                self.origins.push(Origin {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key,
+                    payload,
+                });
+            }
             Err(reason) => self.rejected.push(Rejected {
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().unwrap_or_default().to_vec(),
@@ -84,5 +110,42 @@ impl Batch {
             .entry(message.partition())
             .or_insert(message.offset());
         *last = (*last).max(message.offset());
+    }
+
+    fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.raw.len();
+        self.raw.extend_from_slice(bytes);
+        start..self.raw.len()
+    }
+
+    /// The original message of `readings[index]`, as a reject with `reason`.
+    pub fn reject_reading(&self, index: usize, reason: String) -> Rejected {
+        let origin = &self.origins[index];
+        Rejected {
+            key: origin.key.clone().map(|range| self.raw[range].to_vec()),
+            payload: self.raw[origin.payload.clone()].to_vec(),
+            partition: origin.partition,
+            offset: origin.offset,
+            reason,
+        }
+    }
+
+    /// Forgets everything read from `partitions` (revoked in a rebalance):
+    /// none of it was committed, so the partitions' new owner reads it again.
+    pub fn drop_partitions(&mut self, partitions: &[i32]) {
+        if partitions.is_empty() || self.is_empty() {
+            return;
+        }
+        let mut keep = self
+            .origins
+            .iter()
+            .map(|origin| !partitions.contains(&origin.partition));
+        self.readings.retain(|_| keep.next().unwrap_or(true));
+        self.origins
+            .retain(|origin| !partitions.contains(&origin.partition));
+        self.rejected
+            .retain(|rejected| !partitions.contains(&rejected.partition));
+        self.last_offsets
+            .retain(|partition, _| !partitions.contains(partition));
     }
 }

@@ -9,6 +9,8 @@
 //! turn the re-read into no-ops: nothing is lost, nothing is doubled.
 //!
 //! - [`pipeline`]: the consume loop, flushing and retrying;
+//! - [`rebalance`]: dropping buffered messages of revoked partitions;
+//! - [`health`]: the `/healthz` and `/readyz` listener;
 //! - [`batch`]: collecting and decoding messages;
 //! - [`store`]: the database transaction;
 //! - [`copy`]: binary COPY encoding;
@@ -17,10 +19,14 @@
 pub mod batch;
 pub mod copy;
 pub mod dead_letter;
+pub mod health;
 pub mod pipeline;
+pub mod rebalance;
 pub mod store;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -32,7 +38,9 @@ use shared::db;
 use tokio_util::sync::CancellationToken;
 
 use self::dead_letter::DeadLetterProducer;
+use self::health::Health;
 use self::pipeline::{BatchLimits, Sink};
+use self::rebalance::WorkerContext;
 
 /// Settings of `ingest-worker`.
 #[derive(Args, Clone)]
@@ -70,6 +78,21 @@ pub struct WorkerArgs {
     /// before the worker exits without committing (the batch is re-read later)
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Address of the worker's health listener (/healthz, /readyz)
+    #[arg(long, env = "WORKER_HEALTH_ADDR", default_value = "127.0.0.1:3002")]
+    pub health_addr: SocketAddr,
+
+    /// /readyz reports not-ready once batches have failed to be stored for
+    /// this long (e.g. PostgreSQL down); the worker keeps retrying meanwhile
+    #[arg(long, env = "WORKER_NOT_READY_AFTER_MS", default_value_t = 30_000)]
+    pub not_ready_after_ms: u64,
+
+    /// Consumer group session timeout: how long after a worker dies its
+    /// partitions move to the others. librdkafka sends heartbeats from a
+    /// background thread every third of it, so a busy batch never expires it
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u32,
 }
 
 impl WorkerArgs {
@@ -95,8 +118,8 @@ pub async fn run(
     )
     .await?;
 
-    let consumer: StreamConsumer = consumer_config(&args)
-        .create()
+    let consumer: StreamConsumer<WorkerContext> = consumer_config(&args)
+        .create_with_context(WorkerContext::default())
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&args.kafka.kafka_topic])
@@ -108,6 +131,15 @@ pub async fn run(
         shutdown.await;
         signal_token.cancel();
     });
+    let health = Arc::new(Health::new(Duration::from_millis(args.not_ready_after_ms)));
+    let health_listener = tokio::net::TcpListener::bind(args.health_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (WORKER_HEALTH_ADDR)", args.health_addr))?;
+    let health_server = tokio::spawn(health::serve(
+        health_listener,
+        health.clone(),
+        token.clone(),
+    ));
 
     let sink = Sink {
         pool,
@@ -119,7 +151,8 @@ pub async fn run(
         consumer,
         topic: args.kafka.kafka_topic.clone(),
         rules: args.validation.rules(),
-        shutdown: token,
+        health,
+        shutdown: token.clone(),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };
     tracing::info!(
@@ -136,6 +169,12 @@ pub async fn run(
     // Committing and closing the consumer block: off the executor, with the
     // only handle to the consumer, so that closing (leaving the group) happens there.
     tokio::task::spawn_blocking(move || sink.close()).await?;
+    token.cancel();
+    match health_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error = %format!("{error:#}"), "health listener failed"),
+        Err(error) => tracing::warn!(%error, "health listener panicked"),
+    }
     result
 }
 
@@ -184,10 +223,20 @@ fn consumer_config(args: &WorkerArgs) -> ClientConfig {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
+        // Cooperative rebalancing moves only the partitions that change owner;
+        // the others keep flowing while a worker joins or leaves.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            args.kafka_session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (args.kafka_session_timeout_ms / 3).max(100).to_string(),
+        )
         // Bound the prefetch queue: memory stays flat whatever the backlog.
-        .set("queued.max.messages.kbytes", "65536")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.max.bytes", "16777216")
         .set("enable.partition.eof", "false");
     config
 }

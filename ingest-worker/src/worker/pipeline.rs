@@ -1,9 +1,10 @@
 //! The consume loop: collect messages into a batch until it is full or old
-//! enough, flush it (dead letters, then the database transaction, then the
-//! offsets), and retry transient failures without ever advancing past
-//! something that is not durable.
+//! enough, flush it (the database transaction, dead letters, then the
+//! offsets), and retry failures without ever advancing past something that
+//! is not durable.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -17,9 +18,11 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::Batch;
+use super::batch::{Batch, Rejected};
 use super::dead_letter::DeadLetterProducer;
-use super::store;
+use super::health::Health;
+use super::rebalance::WorkerContext;
+use super::store::{self, BatchOutcome, WriteError};
 
 /// When a batch is flushed.
 #[derive(Clone, Copy, Debug)]
@@ -32,9 +35,10 @@ pub struct BatchLimits {
 pub struct Sink {
     pub pool: PgPool,
     pub dead_letters: DeadLetterProducer,
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<WorkerContext>,
     pub topic: String,
     pub rules: ValidationRules,
+    pub health: Arc<Health>,
     pub shutdown: CancellationToken,
     pub shutdown_grace: Duration,
 }
@@ -73,23 +77,30 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                 flush(sink, std::mem::take(&mut batch)).await?;
                 flush_at = None;
             }
-            received = sink.consumer.recv() => match received {
-                Ok(message) => {
-                    consume_errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                    batch.add(&message, &sink.rules, Utc::now());
-                    if flush_at.is_none() {
-                        tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
-                        flush_at = Some(Instant::now() + limits.max_wait);
-                    }
-                    if batch.len() >= limits.max_messages {
-                        flush(sink, std::mem::take(&mut batch)).await?;
-                        flush_at = None;
-                    }
+            received = sink.consumer.recv() => {
+                // A rebalance inside recv() may have taken partitions away.
+                batch.drop_partitions(&sink.consumer.context().take_revoked());
+                if batch.is_empty() {
+                    flush_at = None;
                 }
-                Err(error) => {
-                    let delay = consume_errors.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "kafka consume error");
-                    tokio::time::sleep(delay).await;
+                match received {
+                    Ok(message) => {
+                        consume_errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+                        batch.add(&message, &sink.rules, Utc::now());
+                        if flush_at.is_none() {
+                            tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
+                            flush_at = Some(Instant::now() + limits.max_wait);
+                        }
+                        if batch.len() >= limits.max_messages {
+                            flush(sink, std::mem::take(&mut batch)).await?;
+                            flush_at = None;
+                        }
+                    }
+                    Err(error) => {
+                        let delay = consume_errors.next_delay();
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "kafka consume error");
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }
@@ -97,24 +108,27 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
     flush(sink, batch).await
 }
 
-/// Makes a batch durable, then stores its offsets. Transient failures are
-/// retried with backoff without advancing offsets; after a shutdown signal
-/// retries stop after the grace period and the batch stays uncommitted.
+/// Makes a batch durable, then stores its offsets: readings in one
+/// transaction (or, when the database refuses some row, in parts around the
+/// refused readings), then every reject in the dead-letter topic, and only
+/// then the offsets. A crash anywhere before the offsets re-reads the batch.
 #[tracing::instrument(skip_all, fields(messages = batch.len(), rejected = batch.rejected.len()))]
-async fn flush(sink: &Sink, batch: Batch) -> anyhow::Result<()> {
+async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
     let started = std::time::Instant::now();
+    let (outcome, refused) = write_isolating_refused(sink, &batch).await?;
+    batch.rejected.extend(refused);
     if !batch.rejected.is_empty() {
         // Every publish error is retried: skipping would lose the message.
         retry(
             sink,
             "dead-letter publish",
             || sink.dead_letters.publish(&batch.rejected),
-            |_| true,
+            |_| Decision::Retry,
         )
-        .await?;
+        .await??;
         for rejected in &batch.rejected {
             tracing::warn!(
                 partition = rejected.partition,
@@ -124,24 +138,16 @@ async fn flush(sink: &Sink, batch: Batch) -> anyhow::Result<()> {
             );
         }
     }
-    // Permanent errors are retried too: after validation none is expected,
-    // and skipping the batch would lose readings. Isolating a poison row is
-    // future work (see ARCHITECTURE.md).
-    let outcome = retry(
-        sink,
-        "batch write",
-        || store::write_batch(&sink.pool, &batch.readings),
-        store::WriteError::is_transient,
-    )
-    .await?;
+    sink.health.record_success();
     for (&partition, &last_offset) in &batch.last_offsets {
         // `store_offset` stores last_offset + 1: the next message to read.
         if let Err(error) = sink
             .consumer
             .store_offset(&sink.topic, partition, last_offset)
         {
-            // The partition was revoked meanwhile; its new owner re-reads the
-            // batch and the primary keys make that a no-op.
+            // Only possible if the partition was lost without a rebalance
+            // callback (session expiry); its new owner re-reads the batch and
+            // the primary keys make that a no-op.
             tracing::info!(partition, %error, "offset not stored: partition no longer assigned");
         }
     }
@@ -157,16 +163,77 @@ async fn flush(sink: &Sink, batch: Batch) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Retries `operation` with backoff until it succeeds. After a shutdown
+/// Writes the batch's readings. When the database refuses a row (a data
+/// error), the batch is halved until the refused readings stand alone; the
+/// rest is written and the refused ones come back as rejects. Halves are
+/// written in order, so the first of two duplicates still wins.
+async fn write_isolating_refused(
+    sink: &Sink,
+    batch: &Batch,
+) -> anyhow::Result<(BatchOutcome, Vec<Rejected>)> {
+    let mut outcome = BatchOutcome::default();
+    let mut refused = Vec::new();
+    // A stack of index ranges; the left half is pushed last so it goes first.
+    let mut pending = vec![0..batch.readings.len()];
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        let readings = &batch.readings[range.clone()];
+        let attempt = retry(
+            sink,
+            "batch write",
+            || store::write_batch(&sink.pool, readings),
+            |error: &WriteError| match error {
+                WriteError::Data(_) => Decision::GiveBack,
+                WriteError::Transient(_) | WriteError::Permanent(_) => Decision::Retry,
+            },
+        )
+        .await?;
+        match attempt {
+            Ok(part) => outcome += part,
+            Err(error) if range.len() == 1 => {
+                let reason = format!(
+                    "database refused the reading: {:#}",
+                    anyhow::Error::from(error)
+                );
+                refused.push(batch.reject_reading(range.start, reason));
+            }
+            Err(_) => {
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
+        }
+    }
+    if !refused.is_empty() {
+        tracing::warn!(
+            refused = refused.len(),
+            "readings refused by the database, isolated for the dead-letter topic"
+        );
+    }
+    Ok((outcome, refused))
+}
+
+/// What to do with a failed attempt.
+enum Decision {
+    /// Back off and try again (the failure may pass, or skipping would lose data).
+    Retry,
+    /// Hand the error back to the caller, who can act on it.
+    GiveBack,
+}
+
+/// Retries `operation` with backoff while `decide` says so. After a shutdown
 /// signal it gives up once the grace period has passed, even in the middle
-/// of an attempt (a hung statement must not keep the process alive); the
-/// batch then stays uncommitted and is re-read later.
+/// of an attempt (a hung statement must not keep the process alive): that is
+/// the outer error, and the batch then stays uncommitted and is re-read
+/// later. The inner result is the operation's success or a given-back error.
 async fn retry<T, E, F, Fut>(
     sink: &Sink,
     what: &'static str,
     mut operation: F,
-    is_transient: impl Fn(&E) -> bool,
-) -> anyhow::Result<T>
+    decide: impl Fn(&E) -> Decision,
+) -> anyhow::Result<Result<T, E>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -184,16 +251,15 @@ where
             () = &mut give_up => anyhow::bail!("{what} unfinished at shutdown: the batch stays uncommitted and will be re-read"),
         };
         let error = match attempt {
-            Ok(value) => return Ok(value),
+            Ok(value) => return Ok(Ok(value)),
             Err(error) => error,
         };
-        let transient = is_transient(&error);
-        let chain = format!("{:#}", anyhow::Error::from(error));
-        if transient {
-            tracing::warn!(error = %chain, "{what} failed, retrying");
-        } else {
-            tracing::error!(error = %chain, "{what} failed permanently, retrying so nothing is skipped");
+        if let Decision::GiveBack = decide(&error) {
+            return Ok(Err(error));
         }
+        sink.health.record_failure();
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        tracing::warn!(error = %chain, "{what} failed, retrying");
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay()) => {}
             () = &mut give_up => anyhow::bail!("{what} still failing at shutdown: the batch stays uncommitted and will be re-read"),

@@ -33,7 +33,13 @@ pub enum WriteError {
     /// failure, server shutting down or out of resources.
     #[error("transient database failure")]
     Transient(#[source] sqlx::Error),
-    /// Retrying the same rows will fail the same way.
+    /// The rows themselves were refused (SQLSTATE class 22 data exception or
+    /// 23 integrity constraint violation): some reading of the batch will
+    /// never be stored, and the others can be.
+    #[error("the database refused a row of the batch")]
+    Data(#[source] sqlx::Error),
+    /// Anything else (missing table, permissions, ...): not the data's fault,
+    /// so nothing may be dropped; an operator has to fix it.
     #[error("database rejected the batch")]
     Permanent(#[source] sqlx::Error),
 }
@@ -44,11 +50,22 @@ impl WriteError {
     }
 }
 
-/// Classifies by SQLSTATE class: 08 connection, 40 transaction rollback,
-/// 53 insufficient resources, 57 operator intervention are transient.
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, other: Self) {
+        self.vehicle_rows += other.vehicle_rows;
+        self.meter_rows += other.meter_rows;
+        self.assignment_rows += other.assignment_rows;
+        self.duplicates += other.duplicates;
+    }
+}
+
 fn classify(error: sqlx::Error) -> WriteError {
+    let is_data_error = matches!(&error, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")));
     if shared::db::is_transient(&error) {
         WriteError::Transient(error)
+    } else if is_data_error {
+        WriteError::Data(error)
     } else {
         WriteError::Permanent(error)
     }

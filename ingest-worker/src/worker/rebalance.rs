@@ -1,0 +1,59 @@
+//! Consumer-group bookkeeping: the consumer context that notes which
+//! partitions a rebalance took away, so the consume loop can drop what it
+//! had buffered from them instead of writing it after it lost them.
+//!
+//! librdkafka runs these callbacks inside `recv()`, on the loop's own task,
+//! never while a batch is being flushed: so after `recv()` returns, the loop
+//! prunes its open batch before adding anything to it, and a flush never
+//! stores an offset for a partition revoked before it began. What was
+//! dropped was never committed, so the partition's new owner reads it again.
+
+use std::sync::Mutex;
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+#[derive(Default)]
+pub struct WorkerContext {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl WorkerContext {
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<i32> {
+        std::mem::take(
+            &mut *self
+                .revoked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+fn partitions(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements()
+        .iter()
+        .map(|element| element.partition())
+        .collect()
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let revoked = partitions(list);
+                tracing::info!(partitions = ?revoked, "partitions revoked");
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(revoked);
+            }
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = ?partitions(list), "partitions assigned")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+}
