@@ -17,7 +17,7 @@ cleanup() { pg_stop "$workdir/pgdata"; rm -rf "$workdir"; }
 trap cleanup EXIT
 
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-export TEST_PG_DATADIR="$workdir/pgdata"
+export TEST_PG_BINDIR="$(pg_find_bindir)"
 echo "test PostgreSQL on 127.0.0.1:$port"
 
 if cargo nextest --version >/dev/null 2>&1; then

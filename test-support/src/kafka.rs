@@ -14,10 +14,17 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+pub use rdkafka::types::RDKafkaApiKey;
+pub use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 enum Command {
     CreateTopic(String, i32, mpsc::Sender<KafkaResult<()>>),
+    RequestErrors(
+        RDKafkaApiKey,
+        Vec<RDKafkaRespErr>,
+        mpsc::Sender<KafkaResult<()>>,
+    ),
     BrokerDown(i32, mpsc::Sender<KafkaResult<()>>),
     BrokerUp(i32, mpsc::Sender<KafkaResult<()>>),
 }
@@ -43,6 +50,10 @@ impl MockKafka {
                 match command {
                     Command::CreateTopic(name, partitions, reply) => {
                         let _ = reply.send(cluster.create_topic(&name, partitions, 1));
+                    }
+                    Command::RequestErrors(api, errors, reply) => {
+                        cluster.request_errors(api, &errors);
+                        let _ = reply.send(Ok(()));
                     }
                     Command::BrokerDown(id, reply) => {
                         let _ = reply.send(cluster.broker_down(id));
@@ -93,6 +104,11 @@ impl MockKafka {
 
     pub fn broker_up(&self) {
         self.call(|reply| Command::BrokerUp(1, reply));
+    }
+
+    /// The next requests of kind `api` (e.g. Produce) fail with `errors`, one each, in order.
+    pub fn request_errors(&self, api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>) {
+        self.call(|reply| Command::RequestErrors(api, errors, reply));
     }
 }
 

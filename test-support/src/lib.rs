@@ -8,8 +8,10 @@
 //! - [`process`]: the built binaries as child processes, killed on drop;
 //! - [`fixture_path`]: data files kept in `test-support/fixtures/`.
 
+pub mod fleet;
 pub mod kafka;
 pub mod postgres;
+pub mod private_postgres;
 pub mod process;
 pub mod readings;
 pub mod services;

@@ -136,6 +136,12 @@ impl Service {
         }
     }
 
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no chance to flush, commit or leave the group.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,145 @@
+//! Generated readings with their exact expected effect on the database, for
+//! tests that must prove "nothing lost, nothing doubled".
+//!
+//! kWh values are multiples of 1/16, so every sum is exact in any order and
+//! totals can be compared with `==`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::kafka::RawMessage;
+use crate::readings::{key_of, meter, vehicle};
+
+/// Per device: number of readings, sum of kWh, and (event time, value) of
+/// the newest reading, which current state must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceTotals {
+    pub readings: i64,
+    pub kwh: f64,
+    pub newest: Option<(DateTime<Utc>, f64)>,
+}
+
+/// What the database must hold once every reading of a [`Fleet`] is stored.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Expected {
+    pub vehicles: BTreeMap<String, DeviceTotals>,
+    pub meters: BTreeMap<String, DeviceTotals>,
+}
+
+pub struct Fleet {
+    pub readings: Vec<Value>,
+    pub expected: Expected,
+}
+
+fn kwh(step: i64, device: i64) -> f64 {
+    ((step * 7 + device * 3) % 16) as f64 / 16.0
+}
+
+impl Fleet {
+    /// `n` unique readings from `devices` vehicles and as many meters, one
+    /// per device per second from `start`, interleaved across devices.
+    /// `prefix` keeps ids of concurrent tests apart.
+    pub fn generate(prefix: &str, n: usize, devices: usize, start: DateTime<Utc>) -> Self {
+        let mut readings = Vec::with_capacity(n);
+        let mut expected = Expected::default();
+        let devices = devices.max(1) as i64;
+        for i in 0..n as i64 {
+            let slot = i / 2;
+            let (device, step) = (slot % devices, slot / devices);
+            let at = start + TimeDelta::seconds(step);
+            let energy = kwh(step, device);
+            let (value, totals, newest_value) = if i % 2 == 0 {
+                let id = format!("{prefix}V-{device}");
+                let soc = (step % 101) as f64;
+                (
+                    vehicle(&id, at, soc, energy, 20.0),
+                    expected.vehicles.entry(id).or_default(),
+                    soc,
+                )
+            } else {
+                let id = format!("{prefix}M-{device}");
+                let voltage = 200.0 + (step % 50) as f64;
+                (
+                    meter(&id, at, energy, voltage),
+                    expected.meters.entry(id).or_default(),
+                    voltage,
+                )
+            };
+            totals.readings += 1;
+            totals.kwh += energy;
+            if totals.newest.is_none_or(|(newest_at, _)| newest_at < at) {
+                totals.newest = Some((at, newest_value));
+            }
+            readings.push(value);
+        }
+        Self { readings, expected }
+    }
+
+    /// The readings as Kafka messages keyed by device id.
+    pub fn messages(&self) -> Vec<RawMessage> {
+        self.readings
+            .iter()
+            .map(|r| {
+                (
+                    Some(key_of(r).into_bytes()),
+                    Some(r.to_string().into_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    pub fn total(&self) -> i64 {
+        self.readings.len() as i64
+    }
+}
+
+type TotalsRow = (String, i64, f64, Option<DateTime<Utc>>, Option<f64>);
+
+/// Reads what the database holds, in the shape of [`Expected`].
+pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
+    let collect = |rows: Vec<TotalsRow>| -> BTreeMap<String, DeviceTotals> {
+        rows.into_iter()
+            .map(|(id, readings, kwh, at, value)| {
+                let newest = at.zip(value);
+                (
+                    id,
+                    DeviceTotals {
+                        readings,
+                        kwh,
+                        newest,
+                    },
+                )
+            })
+            .collect()
+    };
+    let vehicles: Vec<TotalsRow> = sqlx::query_as(
+        "SELECT r.vehicle_id, count(*), sum(r.kwh_delivered_dc), c.recorded_at, c.soc
+         FROM vehicle_readings r LEFT JOIN vehicles_current c USING (vehicle_id)
+         GROUP BY r.vehicle_id, c.recorded_at, c.soc",
+    )
+    .fetch_all(pool)
+    .await?;
+    let meters: Vec<TotalsRow> = sqlx::query_as(
+        "SELECT r.meter_id, count(*), sum(r.kwh_consumed_ac), c.recorded_at, c.voltage
+         FROM meter_readings r LEFT JOIN meters_current c USING (meter_id)
+         GROUP BY r.meter_id, c.recorded_at, c.voltage",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Expected {
+        vehicles: collect(vehicles),
+        meters: collect(meters),
+    })
+}
+
+/// Total rows in both history tables.
+pub async fn history_rows(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM vehicle_readings) + (SELECT count(*) FROM meter_readings)",
+    )
+    .fetch_one(pool)
+    .await
+}
