@@ -22,7 +22,9 @@ pub fn reliable_producer_config(brokers: &str, message_timeout: Duration) -> Cli
         // Small linger: requests are already batched by callers, and a single
         // reading should not wait long for company.
         .set("linger.ms", "2")
+        // A bounded local queue: when the broker cannot keep up, sends fail at
+        // once with QueueFull (the gateway answers 503) instead of growing.
         .set("queue.buffering.max.messages", "200000")
-        .set("queue.buffering.max.kbytes", "262144");
+        .set("queue.buffering.max.kbytes", "65536");
     config
 }

@@ -403,3 +403,46 @@ async fn broker_down_means_503_with_retry_after_never_202_then_recovery() {
     .await;
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_shed_with_503_at_once_instead_of_queueing() {
+    let kafka = MockKafka::start(&[(TOPIC, 1)]);
+    let gateway = Gateway::start(&kafka, &["--max-concurrent-requests=2"]).await;
+    // With the broker down every admitted request holds its slot until the publish timeout.
+    kafka.broker_down();
+    let at = now_minus(1);
+    let requests = (0..12).map(|i| {
+        let body = vehicle("V-1", at + TimeDelta::seconds(i), 50.0, 1.0, 20.0).to_string();
+        let gateway = &gateway;
+        async move {
+            let started = Instant::now();
+            let (status, retry_after, body) = gateway.post("application/json", body).await;
+            (status, retry_after, body, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    let shed: Vec<_> = results
+        .iter()
+        .filter(|(_, _, body, _)| {
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("concurrent request limit"))
+        })
+        .collect();
+    assert_eq!(shed.len(), 10, "{results:?}");
+    for (status, retry_after, _, elapsed) in &shed {
+        assert_eq!((*status, retry_after.as_deref()), (503, Some("5")));
+        assert!(
+            *elapsed < Duration::from_secs(2),
+            "a shed request waited {elapsed:?}"
+        );
+    }
+    assert!(
+        results.iter().all(|(status, ..)| *status == 503),
+        "{results:?}"
+    );
+    // Health stays answerable under overload.
+    assert_eq!(gateway.get_status("/healthz").await, 200);
+    kafka.broker_up();
+    gateway.stop().await;
+}

@@ -2,6 +2,10 @@
 //!
 //! `MockCluster` is not `Send`, so it lives on a thread of its own and this
 //! handle sends it commands (topic creation, fault injection).
+//!
+//! Beware: the mock broker keeps at most 5 MiB (or 100,000 message sets) per
+//! partition and deletes the oldest data past that, like retention. A test
+//! with a large backlog needs enough partitions to hold it.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -135,30 +139,24 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
         .expect("create test producer")
 }
 
-/// Produces raw messages and waits for every acknowledgement.
+/// Produces raw messages and waits for every acknowledgement. Sends at most
+/// 50,000 at a time, within the producer's local queue.
 pub async fn produce_all(producer: &FutureProducer, topic: &str, messages: &[RawMessage]) {
-    let mut deliveries = Vec::with_capacity(messages.len());
-    for (key, payload) in messages {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-        if let Some(key) = key {
-            record = record.key(key.as_slice());
+    for chunk in messages.chunks(50_000) {
+        let mut deliveries = Vec::with_capacity(chunk.len());
+        for (key, payload) in chunk {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(key) = key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = payload {
+                record = record.payload(payload.as_slice());
+            }
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
         }
-        if let Some(payload) = payload {
-            record = record.payload(payload.as_slice());
+        for delivery in deliveries {
+            delivery.await.expect("delivery").map_err(|(e, _)| e).expect("delivered");
         }
-        deliveries.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .expect("enqueue"),
-        );
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("delivery")
-            .map_err(|(e, _)| e)
-            .expect("delivered");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
 }

@@ -37,6 +37,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the request took too long")]
     Timeout,
+    #[error("the gateway is at its concurrent request limit: retry later")]
+    Overloaded,
 }
 
 /// Seconds a client should wait before retrying after a 503.
@@ -88,6 +90,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => json_error(StatusCode::NOT_FOUND, &message),
             ApiError::MethodNotAllowed => json_error(StatusCode::METHOD_NOT_ALLOWED, &message),
             ApiError::Timeout => json_error(StatusCode::REQUEST_TIMEOUT, &message),
+            ApiError::Overloaded => unavailable(&message),
         }
     }
 }

@@ -59,6 +59,13 @@ pub struct GatewayArgs {
     /// How long a request waits for Kafka's acknowledgement before answering 503 (librdkafka's message.timeout.ms)
     #[arg(long, env = "GATEWAY_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
+
+    /// Most ingest requests handled at once; beyond it requests are refused
+    /// at once with 503 instead of queueing. With the body limit this bounds
+    /// the memory requests can hold (about this × body limit × 6 for the
+    /// parsed JSON)
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Clone)]
@@ -96,7 +103,17 @@ pub async fn serve(
     // a backstop for slow clients.
     let request_timeout = Duration::from_millis(args.publish_timeout_ms) + Duration::from_secs(25);
     let app = Router::new()
-        .route("/v1/ingest", post(ingest))
+        .route(
+            "/v1/ingest",
+            post(ingest).layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: BoxError| async {
+                        ApiError::Overloaded
+                    }))
+                    .load_shed()
+                    .concurrency_limit(args.max_concurrent_requests.max(1)),
+            ),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
