@@ -3,13 +3,13 @@
 //! through HTTP and straight into Kafka, answering analytics with values
 //! computed here, and reproducing the independently computed golden figures.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::wire::format_timestamp;
-use test_support::kafka::{committed_offsets, end_offsets, produce_all, producer, MockKafka};
+use test_support::kafka::{committed_total, end_total, produce_all, producer, MockKafka};
 use test_support::postgres::{fresh_unmigrated_database, TestDatabase};
 use test_support::process::{wait_until_ok, Service};
 use test_support::readings::{assignment, key_of, meter, vehicle};
@@ -60,15 +60,8 @@ impl Stack {
     }
 
     async fn post(&self, content_type: &str, body: String) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/ingest", self.gateway_url))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let answer = test_support::http::ingest(&self.gateway_url, content_type, body).await;
+        (answer.status, answer.body)
     }
 
     async fn analytics(
@@ -276,29 +269,18 @@ async fn http_and_kafka_producers_get_exact_analytics_and_sigterm_commits() {
         stored_late >= 1,
         "the open batch was not flushed at SIGTERM"
     );
-    let committed_total = |committed: BTreeMap<i32, Option<i64>>| {
-        committed.values().map(|o| o.unwrap_or(0)).sum::<i64>()
-    };
-    let committed = committed_total(committed_offsets(
-        &stack.kafka.bootstrap(),
-        GROUP,
-        TOPIC,
-        PARTITIONS,
-    ));
-    let total_messages: i64 = end_offsets(&stack.kafka.bootstrap(), TOPIC).values().sum();
-    assert_eq!(committed, total_messages - 60 + stored_late);
+    let bootstrap = stack.kafka.bootstrap();
+    let total_messages = end_total(&bootstrap, TOPIC);
+    assert_eq!(
+        committed_total(&bootstrap, GROUP, TOPIC, PARTITIONS),
+        total_messages - 60 + stored_late
+    );
 
     // A worker started again finds the rest where the committed offsets say.
     let _worker = stack.wiring.start_worker(GROUP, &[]);
     stack.wait_for_rows(402, 462, 3).await;
     eventually("all offsets committed", Duration::from_secs(30), || async {
-        (committed_total(committed_offsets(
-            &stack.kafka.bootstrap(),
-            GROUP,
-            TOPIC,
-            PARTITIONS,
-        )) == total_messages)
-            .then_some(())
+        (committed_total(&bootstrap, GROUP, TOPIC, PARTITIONS) == total_messages).then_some(())
     })
     .await;
 }

@@ -16,7 +16,7 @@ use rdkafka::Message;
 use serde_json::Value;
 use test_support::fleet::{history_rows, stored, Fleet};
 use test_support::kafka::{
-    committed_offsets, end_offsets, header, produce_all, producer, read_topic, MockKafka,
+    committed_total, end_total, header, produce_all, producer, read_topic, MockKafka,
     RDKafkaApiKey, RDKafkaRespErr,
 };
 use test_support::postgres::{fresh_database, TestDatabase};
@@ -402,12 +402,9 @@ async fn one_poison_message_in_a_thousand_goes_to_the_dead_letter_topic_with_its
         "every offset committed",
         Duration::from_secs(60),
         || async {
-            let committed: i64 = committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, partitions)
-                .values()
-                .map(|o| o.unwrap_or(0))
-                .sum();
-            (committed == end_offsets(&kafka.bootstrap(), TOPIC).values().sum::<i64>())
-                .then_some(())
+            (committed_total(&kafka.bootstrap(), GROUP, TOPIC, partitions)
+                == end_total(&kafka.bootstrap(), TOPIC))
+            .then_some(())
         },
     )
     .await;
@@ -472,11 +469,7 @@ async fn the_same_readings_twice_through_the_gateway_and_again_through_kafka_are
         "all 150,000 messages consumed",
         Duration::from_secs(180),
         || async {
-            let committed: i64 = committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, partitions)
-                .values()
-                .map(|o| o.unwrap_or(0))
-                .sum();
-            (committed == 150_000).then_some(())
+            (committed_total(&kafka.bootstrap(), GROUP, TOPIC, partitions) == 150_000).then_some(())
         },
     )
     .await;

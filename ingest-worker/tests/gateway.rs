@@ -52,20 +52,8 @@ impl Gateway {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> (u16, Option<String>, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/ingest", self.url))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, retry_after, body)
+        let answer = test_support::http::ingest(&self.url, content_type, body).await;
+        (answer.status, answer.retry_after, answer.body)
     }
 
     async fn post_json(&self, body: &Value) -> (u16, Value) {

@@ -152,10 +152,19 @@ pub async fn produce_all(producer: &FutureProducer, topic: &str, messages: &[Raw
             if let Some(payload) = payload {
                 record = record.payload(payload.as_slice());
             }
-            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue"),
+            );
         }
         for delivery in deliveries {
-            delivery.await.expect("delivery").map_err(|(e, _)| e).expect("delivered");
+            delivery
+                .await
+                .expect("delivery")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
         }
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
@@ -259,4 +268,17 @@ pub fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
             (p.id(), high)
         })
         .collect()
+}
+
+/// Messages of `topic` committed by `group`, all partitions together.
+pub fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    committed_offsets(bootstrap, group, topic, partitions)
+        .values()
+        .map(|offset| offset.unwrap_or(0))
+        .sum()
+}
+
+/// Messages in `topic`, all partitions together.
+pub fn end_total(bootstrap: &str, topic: &str) -> i64 {
+    end_offsets(bootstrap, topic).values().sum()
 }

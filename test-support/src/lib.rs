@@ -9,6 +9,7 @@
 //! - [`fixture_path`]: data files kept in `test-support/fixtures/`.
 
 pub mod fleet;
+pub mod http;
 pub mod kafka;
 pub mod postgres;
 pub mod private_postgres;
