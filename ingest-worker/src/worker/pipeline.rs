@@ -174,7 +174,8 @@ async fn write_isolating_refused(
     let mut outcome = BatchOutcome::default();
     let mut refused = Vec::new();
     // A stack of index ranges; the left half is pushed last so it goes first.
-    let mut pending: Vec<std::ops::Range<usize>> = Vec::from([0..batch.readings.len()]);
+    let mut pending = Vec::new();
+    pending.push(0..batch.readings.len());
     while let Some(range) = pending.pop() {
         if range.is_empty() {
             continue;
