@@ -4,11 +4,32 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use ingest_worker::worker::store::{write_batch, BatchOutcome};
 use shared::domain::Reading;
-use test_support::postgres::fresh_database;
+use test_support::postgres::{ensure_partitions, fresh_database, TestDatabase};
 use test_support::readings::{assignment, decode, meter, vehicle};
 
 fn t(minute: i64) -> DateTime<Utc> {
     "2026-02-10T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + TimeDelta::minutes(minute)
+}
+
+/// A fresh database with partitions for the days these tests write.
+async fn database() -> TestDatabase {
+    let db = fresh_database().await;
+    ensure_partitions(&db.pool, t(-24 * 60).date_naive(), t(24 * 60).date_naive()).await;
+    db
+}
+
+/// (readings, kWh) per table, from history and from the hourly rollups: equal
+/// when every stored reading is rolled up exactly once.
+async fn history_and_rollups(
+    db: &TestDatabase,
+) -> ((i64, f64), (i64, f64), (i64, f64), (i64, f64)) {
+    let q = |sql: &'static str| sqlx::query_as::<_, (i64, f64)>(sql).fetch_one(&db.pool);
+    (
+        q("SELECT count(*), coalesce(sum(kwh_delivered_dc), 0) FROM vehicle_readings").await.unwrap(),
+        q("SELECT coalesce(sum(readings), 0)::bigint, coalesce(sum(sum_dc), 0) FROM vehicle_hourly").await.unwrap(),
+        q("SELECT count(*), coalesce(sum(kwh_consumed_ac), 0) FROM meter_readings").await.unwrap(),
+        q("SELECT coalesce(sum(readings), 0)::bigint, coalesce(sum(sum_ac), 0) FROM meter_hourly").await.unwrap(),
+    )
 }
 
 fn batch(values: &[serde_json::Value]) -> Vec<Reading> {
@@ -17,7 +38,7 @@ fn batch(values: &[serde_json::Value]) -> Vec<Reading> {
 
 #[tokio::test]
 async fn a_batch_lands_in_history_current_state_and_assignments() {
-    let db = fresh_database().await;
+    let db = database().await;
     let readings = batch(&[
         vehicle("V-1", t(1), 50.0, 1.0, 20.0),
         vehicle("V-1", t(3), 52.0, 1.5, 21.0),
@@ -65,7 +86,7 @@ async fn a_batch_lands_in_history_current_state_and_assignments() {
 
 #[tokio::test]
 async fn duplicates_are_stored_once_and_the_first_one_wins() {
-    let db = fresh_database().await;
+    let db = database().await;
     let first = batch(&[
         vehicle("V-1", t(1), 50.0, 1.0, 20.0),
         vehicle("V-1", t(1), 99.0, 9.0, 99.0), // same key in the same batch
@@ -116,6 +137,13 @@ async fn duplicates_are_stored_once_and_the_first_one_wins() {
     .await
     .unwrap();
     assert_eq!(first_value, 50.0);
+    let (history_v, rollup_v, history_m, rollup_m) = history_and_rollups(&db).await;
+    assert_eq!((history_v, history_m), ((2, 3.0), (1, 1.2)));
+    assert_eq!(
+        (rollup_v, rollup_m),
+        (history_v, history_m),
+        "a duplicate was rolled up"
+    );
     let meter_of: String =
         sqlx::query_scalar("SELECT meter_id FROM assignments WHERE vehicle_id = 'V-1'")
             .fetch_one(&db.pool)
@@ -126,7 +154,7 @@ async fn duplicates_are_stored_once_and_the_first_one_wins() {
 
 #[tokio::test]
 async fn current_state_never_moves_back_in_event_time() {
-    let db = fresh_database().await;
+    let db = database().await;
     write_batch(&db.pool, &batch(&[vehicle("V-1", t(10), 80.0, 1.0, 20.0)]))
         .await
         .unwrap();
@@ -162,7 +190,7 @@ async fn current_state_never_moves_back_in_event_time() {
 
 #[tokio::test]
 async fn unusual_ids_and_extreme_values_round_trip_through_binary_copy() {
-    let db = fresh_database().await;
+    let db = database().await;
     let ids = [
         "a\\N",
         "tab-free 'quote\"; DROP TABLE x;--",
@@ -207,7 +235,7 @@ async fn unusual_ids_and_extreme_values_round_trip_through_binary_copy() {
 
 #[tokio::test]
 async fn a_large_batch_is_written_exactly() {
-    let db = fresh_database().await;
+    let db = database().await;
     let values: Vec<_> = (0..20_000)
         .map(|i| {
             if i % 2 == 0 {

@@ -63,35 +63,33 @@ fn t(origin: DateTime<Utc>, minutes: f64) -> DateTime<Utc> {
     origin + TimeDelta::milliseconds((minutes * 60_000.0).round() as i64)
 }
 
-async fn insert_vehicle(pool: &PgPool, id: &str, at: DateTime<Utc>, dc: f64, temp: f64) {
-    sqlx::query("INSERT INTO vehicle_readings VALUES ($1, $2, 50, $3, $4)")
-        .bind(id)
-        .bind(at)
-        .bind(dc)
-        .bind(temp)
-        .execute(pool)
+/// Stores readings through the worker's own write path, so history rows
+/// and hourly rollups are exactly what production would hold.
+async fn store(pool: &PgPool, values: &[Value]) {
+    let readings: Vec<_> = values.iter().map(test_support::readings::decode).collect();
+    ingest_worker::worker::store::write_batch(pool, &readings)
         .await
-        .unwrap();
+        .expect("write readings");
+}
+
+async fn insert_vehicle(pool: &PgPool, id: &str, at: DateTime<Utc>, dc: f64, temp: f64) {
+    store(
+        pool,
+        &[test_support::readings::vehicle(id, at, 50.0, dc, temp)],
+    )
+    .await;
 }
 
 async fn insert_meter(pool: &PgPool, id: &str, at: DateTime<Utc>, ac: f64) {
-    sqlx::query("INSERT INTO meter_readings VALUES ($1, $2, $3, 230)")
-        .bind(id)
-        .bind(at)
-        .bind(ac)
-        .execute(pool)
-        .await
-        .unwrap();
+    store(pool, &[test_support::readings::meter(id, at, ac, 230.0)]).await;
 }
 
 async fn insert_assignment(pool: &PgPool, vehicle: &str, meter: Option<&str>, at: DateTime<Utc>) {
-    sqlx::query("INSERT INTO assignments VALUES ($1, $2, $3)")
-        .bind(vehicle)
-        .bind(at)
-        .bind(meter)
-        .execute(pool)
-        .await
-        .unwrap();
+    store(
+        pool,
+        &[test_support::readings::assignment(vehicle, meter, at)],
+    )
+    .await;
 }
 
 /// kWh of a device at minute m: distinct per device and minute, in

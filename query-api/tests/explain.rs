@@ -31,11 +31,15 @@ async fn the_performance_query_uses_indexes_only() {
     let db = fresh_database().await;
     // 2,000 vehicles and meters × 150 minutes = 300,000 rows per history table.
     let origin: DateTime<Utc> = "2026-02-10T00:00:00Z".parse().unwrap();
+    test_support::postgres::ensure_partitions(&db.pool, origin.date_naive(), origin.date_naive())
+        .await;
     for sql in [
         "INSERT INTO vehicle_readings SELECT 'V-' || d, $1 + make_interval(mins => m), 50, 0.5, 20 FROM generate_series(1, 2000) d, generate_series(1, 150) m",
         "INSERT INTO meter_readings SELECT 'M-' || d, $1 + make_interval(mins => m), 0.6, 230 FROM generate_series(1, 2000) d, generate_series(1, 150) m",
         "INSERT INTO assignments SELECT 'V-' || d, $1, 'M-' || d FROM generate_series(1, 2000) d",
         "INSERT INTO assignments SELECT 'V-' || d, $1 + interval '1 hour', 'M-' || (d % 2000 + 1) FROM generate_series(1, 2000) d",
+        "INSERT INTO vehicle_hourly SELECT vehicle_id, energy_hour_end(recorded_at), count(*), sum(kwh_delivered_dc), sum(battery_temp) FROM vehicle_readings WHERE $1 IS NOT NULL GROUP BY 1, 2",
+        "INSERT INTO meter_hourly SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage) FROM meter_readings WHERE $1 IS NOT NULL GROUP BY 1, 2",
     ] {
         sqlx::query(sql).bind(origin).execute(&db.pool).await.unwrap();
     }

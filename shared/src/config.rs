@@ -83,12 +83,18 @@ pub struct ValidationArgs {
     /// How many seconds past this host's clock a reading's timestamp may be (clock skew allowance)
     #[arg(long, env = "MAX_FUTURE_SECONDS", default_value_t = 300)]
     pub max_future_seconds: u32,
+
+    /// Days of raw readings kept: older day partitions are dropped, and a
+    /// reading older than that is refused (422) or dead-lettered
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
 }
 
 impl ValidationArgs {
     pub fn rules(&self) -> ValidationRules {
         ValidationRules {
             max_future: TimeDelta::seconds(i64::from(self.max_future_seconds)),
+            retention_days: Some(self.retention_days),
         }
     }
 }

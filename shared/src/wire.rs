@@ -35,13 +35,27 @@ impl FieldError {
 pub struct ValidationRules {
     /// How far past the receiver's clock a timestamp may lie (clock skew allowance).
     pub max_future: TimeDelta,
+    /// Readings (not assignments) must lie on one of the last this many UTC
+    /// days before today, or today: older days' partitions are dropped.
+    pub retention_days: Option<u32>,
 }
 
 impl Default for ValidationRules {
     fn default() -> Self {
         Self {
             max_future: TimeDelta::minutes(5),
+            retention_days: None,
         }
+    }
+}
+
+impl ValidationRules {
+    /// The oldest instant a reading may have at `now`: midnight UTC,
+    /// `retention_days` days before today.
+    pub fn retention_cutoff(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let days = self.retention_days?;
+        let day = now.date_naive() - chrono::Days::new(u64::from(days));
+        Some(day.and_hms_opt(0, 0, 0)?.and_utc())
     }
 }
 
@@ -105,7 +119,7 @@ pub fn decode_value(
             let soc = fields.number_in("soc", 0.0, 100.0);
             let kwh_delivered_dc = fields.non_negative("kwhDeliveredDc");
             let battery_temp = fields.number_in("batteryTemp", -60.0, 120.0);
-            let recorded_at = fields.timestamp(rules, now);
+            let recorded_at = fields.reading_timestamp(rules, now);
             match (vehicle_id, soc, kwh_delivered_dc, battery_temp, recorded_at) {
                 (
                     Some(vehicle_id),
@@ -127,7 +141,7 @@ pub fn decode_value(
             let meter_id = fields.device_id("meterId");
             let kwh_consumed_ac = fields.non_negative("kwhConsumedAc");
             let voltage = fields.number_in("voltage", 0.0, 2000.0);
-            let recorded_at = fields.timestamp(rules, now);
+            let recorded_at = fields.reading_timestamp(rules, now);
             match (meter_id, kwh_consumed_ac, voltage, recorded_at) {
                 (Some(meter_id), Some(kwh_consumed_ac), Some(voltage), Some(recorded_at)) => {
                     Some(Reading::Meter(MeterReading {
@@ -254,6 +268,29 @@ impl<'a> Fields<'a> {
             self.errors
                 .push(FieldError::new(field, "must be at least 0"));
             None
+        }
+    }
+
+    /// A reading's timestamp: also within the retention.
+    fn reading_timestamp(
+        &mut self,
+        rules: &ValidationRules,
+        now: DateTime<Utc>,
+    ) -> Option<EventTime> {
+        let at = self.timestamp(rules, now)?;
+        match rules.retention_cutoff(now) {
+            Some(cutoff) if at.instant() < cutoff => {
+                self.errors.push(FieldError::new(
+                    "timestamp",
+                    format!(
+                        "is older than the {}-day retention (before {})",
+                        rules.retention_days.unwrap_or_default(),
+                        format_timestamp(cutoff)
+                    ),
+                ));
+                None
+            }
+            _ => Some(at),
         }
     }
 
@@ -540,6 +577,25 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["meterId", "kwhConsumedAc", "voltage", "timestamp"]);
+    }
+
+    #[test]
+    fn readings_older_than_the_retention_are_refused_assignments_are_not() {
+        let rules = ValidationRules {
+            retention_days: Some(90),
+            ..ValidationRules::default()
+        };
+        // now = 2026-02-10T12:00Z: the oldest accepted day is 2025-11-12.
+        let reading =
+            |at: &str| decode_value(&with(vehicle(), "timestamp", json!(at)), &rules, now());
+        assert!(reading("2025-11-12T00:00:00Z").is_ok());
+        let errors = reading("2025-11-11T23:59:59Z").unwrap_err();
+        assert_eq!(
+            errors[0].error,
+            "is older than the 90-day retention (before 2025-11-12T00:00:00Z)"
+        );
+        let old_assignment = json!({"type":"ASSIGNMENT","vehicleId":"V","meterId":"M","timestamp":"2020-01-01T00:00:00Z"});
+        assert!(decode_value(&old_assignment, &rules, now()).is_ok());
     }
 
     #[test]

@@ -19,13 +19,43 @@ fn admin_url() -> String {
     )
 }
 
-/// A new empty database with every migration applied.
+/// A new empty database with every migration applied and partitions for
+/// the last 40 days through the day after tomorrow (what a worker would
+/// create; tests with older data call [`ensure_partitions`]).
 pub async fn fresh_database() -> TestDatabase {
     let database = fresh_unmigrated_database().await;
     shared::db::migrate(&database.pool)
         .await
         .expect("migrations apply");
+    let today = chrono::Utc::now().date_naive();
+    ensure_partitions(
+        &database.pool,
+        today - chrono::Days::new(40),
+        today + chrono::Days::new(2),
+    )
+    .await;
     database
+}
+
+/// Creates the day partitions of the history tables and the month
+/// partitions of the rollups covering `first..=last` (and the day after, for
+/// rollups of the last hour).
+pub async fn ensure_partitions(pool: &PgPool, first: chrono::NaiveDate, last: chrono::NaiveDate) {
+    for (table, monthly, last) in [
+        ("vehicle_readings", false, last),
+        ("meter_readings", false, last),
+        ("vehicle_hourly", true, last + chrono::Days::new(1)),
+        ("meter_hourly", true, last + chrono::Days::new(1)),
+    ] {
+        sqlx::query("SELECT energy_ensure_partitions($1, $2, $3, $4)")
+            .bind(table)
+            .bind(first)
+            .bind(last)
+            .bind(monthly)
+            .execute(pool)
+            .await
+            .expect("create partitions");
+    }
 }
 
 /// A new empty database with no schema at all.

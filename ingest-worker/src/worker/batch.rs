@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rdkafka::message::{BorrowedMessage, Message};
 use shared::domain::Reading;
 use shared::wire::{decode_message, ValidationRules};
@@ -110,6 +110,19 @@ impl Batch {
             .entry(message.partition())
             .or_insert(message.offset());
         *last = (*last).max(message.offset());
+    }
+
+    /// The UTC day of the newest reading (assignments are not partitioned).
+    pub fn last_reading_day(&self) -> Option<NaiveDate> {
+        self.readings
+            .iter()
+            .filter_map(|reading| match reading {
+                Reading::Vehicle(v) => Some(v.recorded_at),
+                Reading::Meter(m) => Some(m.recorded_at),
+                Reading::Assignment(_) => None,
+            })
+            .max()
+            .map(|at| at.instant().date_naive())
     }
 
     fn keep(&mut self, bytes: &[u8]) -> Range<usize> {

@@ -14,14 +14,18 @@
 //! - [`batch`]: collecting and decoding messages;
 //! - [`store`]: the database transaction;
 //! - [`copy`]: binary COPY encoding;
+//! - [`rollup`]: hourly rollups kept with the history rows;
+//! - [`partitions`]: day and month partitions created ahead, dropped past retention;
 //! - [`dead_letter`]: the dead-letter topic;
 
 pub mod batch;
 pub mod copy;
 pub mod dead_letter;
 pub mod health;
+pub mod partitions;
 pub mod pipeline;
 pub mod rebalance;
+pub mod rollup;
 pub mod store;
 
 use std::future::Future;
@@ -39,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::dead_letter::DeadLetterProducer;
 use self::health::Health;
+use self::partitions::Partitions;
 use self::pipeline::{BatchLimits, Sink};
 use self::rebalance::WorkerContext;
 
@@ -93,6 +98,10 @@ pub struct WorkerArgs {
     /// background thread every third of it, so a busy batch never expires it
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u32,
+
+    /// Days of hourly rollups kept (longer than raw readings: RETENTION_DAYS)
+    #[arg(long, env = "ROLLUP_RETENTION_DAYS", default_value_t = 730)]
+    pub rollup_retention_days: u32,
 }
 
 impl WorkerArgs {
@@ -111,6 +120,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pool = db::pool(&args.db, "ingest-worker").context("invalid database settings")?;
     db::wait_until_migrated(&pool).await?;
+    let partitions = Arc::new(Partitions::new(
+        args.validation.retention_days,
+        args.rollup_retention_days,
+    ));
+    maintain_partitions_until_done(&pool, &partitions).await;
     let dead_letter_topic = args.dead_letter_topic();
     ensure_topics_exist(
         &args.kafka.kafka_brokers,
@@ -132,6 +146,11 @@ pub async fn run(
         signal_token.cancel();
     });
     let health = Arc::new(Health::new(Duration::from_millis(args.not_ready_after_ms)));
+    tokio::spawn(maintain_partitions_hourly(
+        pool.clone(),
+        partitions.clone(),
+        token.clone(),
+    ));
     let health_listener = tokio::net::TcpListener::bind(args.health_addr)
         .await
         .with_context(|| format!("cannot listen on {} (WORKER_HEALTH_ADDR)", args.health_addr))?;
@@ -152,6 +171,7 @@ pub async fn run(
         topic: args.kafka.kafka_topic.clone(),
         rules: args.validation.rules(),
         health,
+        partitions,
         shutdown: token.clone(),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };
@@ -176,6 +196,40 @@ pub async fn run(
         Err(error) => tracing::warn!(%error, "health listener panicked"),
     }
     result
+}
+
+/// Start-up partition upkeep, retried until PostgreSQL answers: the first
+/// batch must find its partitions.
+async fn maintain_partitions_until_done(pool: &sqlx::PgPool, partitions: &Partitions) {
+    let mut backoff =
+        shared::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while let Err(error) = partitions
+        .maintain(pool, chrono::Utc::now().date_naive())
+        .await
+    {
+        tracing::warn!(%error, "partition upkeep failed, retrying");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Creates tomorrow's partitions and drops expired ones every hour.
+async fn maintain_partitions_hourly(
+    pool: sqlx::PgPool,
+    partitions: Arc<Partitions>,
+    shutdown: CancellationToken,
+) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    every_hour.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every_hour.tick() => {
+                if let Err(error) = partitions.maintain(&pool, chrono::Utc::now().date_naive()).await {
+                    tracing::warn!(%error, "hourly partition upkeep failed; will try again");
+                }
+            }
+        }
+    }
 }
 
 /// Fails with a clear message when a topic does not exist, instead of

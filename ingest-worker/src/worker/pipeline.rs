@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{Batch, Rejected};
 use super::dead_letter::DeadLetterProducer;
 use super::health::Health;
+use super::partitions::Partitions;
 use super::rebalance::WorkerContext;
 use super::store::{self, BatchOutcome, WriteError};
 
@@ -39,6 +40,7 @@ pub struct Sink {
     pub topic: String,
     pub rules: ValidationRules,
     pub health: Arc<Health>,
+    pub partitions: Arc<Partitions>,
     pub shutdown: CancellationToken,
     pub shutdown_grace: Duration,
 }
@@ -118,6 +120,15 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = std::time::Instant::now();
+    if let Some(last_day) = batch.last_reading_day() {
+        retry(
+            sink,
+            "partition upkeep",
+            || sink.partitions.ensure_through(&sink.pool, last_day),
+            |_| Decision::Retry,
+        )
+        .await??;
+    }
     let (outcome, refused) = write_isolating_refused(sink, &batch).await?;
     batch.rejected.extend(refused);
     if !batch.rejected.is_empty() {

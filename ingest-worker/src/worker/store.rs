@@ -5,8 +5,9 @@
 //! retried request, a redelivery after a crash), COPY aborts on the primary
 //! key; the batch is then redone through temporary staging tables with
 //! `INSERT .. ON CONFLICT DO NOTHING`, so the first stored reading wins.
-//! Current state is upserted from the newest reading per device in the batch
-//! and only ever moves forward in event time.
+//! Hourly rollups are added in the same transaction, from exactly the rows
+//! stored ([`super::rollup`]). Current state is upserted from the newest
+//! reading per device in the batch and only ever moves forward in event time.
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,6 +16,7 @@ use shared::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, Veh
 use sqlx::{PgConnection, PgPool};
 
 use super::copy::{encode_meter_rows, encode_vehicle_rows, METER_COLUMNS, VEHICLE_COLUMNS};
+use super::rollup;
 
 /// What a committed batch changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,26 +157,45 @@ async fn write_in_transaction(
     let vehicle_rows = if rows.vehicles.is_empty() {
         0
     } else {
-        insert_history(
-            &mut tx,
-            "vehicle_readings",
-            VEHICLE_COLUMNS,
-            encode_vehicle_rows(&rows.vehicles),
-            path,
-        )
-        .await?
+        let copy_data = encode_vehicle_rows(&rows.vehicles);
+        match path {
+            HistoryPath::Direct => {
+                let stored =
+                    copy_binary(&mut tx, "vehicle_readings", VEHICLE_COLUMNS, copy_data).await?;
+                rollup::add_vehicle_hours(&mut tx, &rows.vehicles).await?;
+                stored
+            }
+            HistoryPath::Staged => {
+                let staging =
+                    stage(&mut tx, "vehicle_readings", VEHICLE_COLUMNS, copy_data).await?;
+                insert_staged(
+                    &mut tx,
+                    &rollup::staged_vehicle_insert(&staging, VEHICLE_COLUMNS),
+                )
+                .await?
+            }
+        }
     };
     let meter_rows = if rows.meters.is_empty() {
         0
     } else {
-        insert_history(
-            &mut tx,
-            "meter_readings",
-            METER_COLUMNS,
-            encode_meter_rows(&rows.meters),
-            path,
-        )
-        .await?
+        let copy_data = encode_meter_rows(&rows.meters);
+        match path {
+            HistoryPath::Direct => {
+                let stored =
+                    copy_binary(&mut tx, "meter_readings", METER_COLUMNS, copy_data).await?;
+                rollup::add_meter_hours(&mut tx, &rows.meters).await?;
+                stored
+            }
+            HistoryPath::Staged => {
+                let staging = stage(&mut tx, "meter_readings", METER_COLUMNS, copy_data).await?;
+                insert_staged(
+                    &mut tx,
+                    &rollup::staged_meter_insert(&staging, METER_COLUMNS),
+                )
+                .await?
+            }
+        }
     };
     let assignment_rows = insert_assignments(&mut tx, &rows.assignments).await?;
     upsert_current_vehicles(&mut tx, &rows.vehicles).await?;
@@ -189,32 +210,28 @@ async fn write_in_transaction(
     })
 }
 
-/// Inserts encoded rows into a history table; returns the rows stored.
-async fn insert_history(
+/// Copies encoded rows into a temporary table shaped like `table`
+/// (dropped at commit); returns its name.
+async fn stage(
     conn: &mut PgConnection,
     table: &str,
     columns: &str,
     copy_data: Vec<u8>,
-    path: HistoryPath,
-) -> Result<u64, sqlx::Error> {
-    match path {
-        HistoryPath::Direct => copy_binary(conn, table, columns, copy_data).await,
-        HistoryPath::Staged => {
-            let staging = format!("{table}_staging");
-            sqlx::query(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DROP"
-            ))
-            .execute(&mut *conn)
-            .await?;
-            copy_binary(conn, &staging, columns, copy_data).await?;
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT DO NOTHING"
-            ))
-            .execute(&mut *conn)
-            .await?;
-            Ok(inserted.rows_affected())
-        }
-    }
+) -> Result<String, sqlx::Error> {
+    let staging = format!("{table}_staging");
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DROP"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    copy_binary(conn, &staging, columns, copy_data).await?;
+    Ok(staging)
+}
+
+/// Runs a staged insert statement that returns the number of rows inserted.
+async fn insert_staged(conn: &mut PgConnection, statement: &str) -> Result<u64, sqlx::Error> {
+    let inserted: i64 = sqlx::query_scalar(statement).fetch_one(conn).await?;
+    Ok(inserted as u64)
 }
 
 async fn copy_binary(

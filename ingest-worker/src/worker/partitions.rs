@@ -1,0 +1,138 @@
+//! Partition upkeep: day partitions of the history tables and month
+//! partitions of the hourly rollups are created ahead of need and dropped
+//! past their retention, by the SQL functions of the migrations.
+//!
+//! Every accepted reading lies between the retention cutoff and a few
+//! minutes past now, so partitions from the cutoff through the day after
+//! tomorrow always cover it; `maintain` runs at start-up and hourly. Should
+//! it have failed for days, `ensure_through` creates what a batch needs
+//! before the batch is written.
+
+use std::sync::Mutex;
+
+use chrono::{Days, NaiveDate, Utc};
+use sqlx::PgPool;
+
+/// History tables (day partitions) and rollup tables (month partitions).
+const RAW_TABLES: [&str; 2] = ["vehicle_readings", "meter_readings"];
+const ROLLUP_TABLES: [&str; 2] = ["vehicle_hourly", "meter_hourly"];
+
+/// Days ahead of today that always have partitions.
+const DAYS_AHEAD: u64 = 2;
+
+pub struct Partitions {
+    raw_retention_days: u32,
+    rollup_retention_days: u32,
+    /// The last day known to have partitions in every table.
+    ensured_through: Mutex<Option<NaiveDate>>,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Upkeep {
+    pub created: i64,
+    pub dropped: i64,
+}
+
+impl Partitions {
+    pub fn new(raw_retention_days: u32, rollup_retention_days: u32) -> Self {
+        Self {
+            raw_retention_days,
+            rollup_retention_days: rollup_retention_days.max(raw_retention_days),
+            ensured_through: Mutex::new(None),
+        }
+    }
+
+    fn ensured_through(&self) -> std::sync::MutexGuard<'_, Option<NaiveDate>> {
+        self.ensured_through
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates every partition from the retention cutoffs through the day
+    /// after tomorrow, and drops those entirely past their retention.
+    pub async fn maintain(&self, pool: &PgPool, today: NaiveDate) -> Result<Upkeep, sqlx::Error> {
+        let raw_cutoff = today - Days::new(u64::from(self.raw_retention_days));
+        let rollup_cutoff = today - Days::new(u64::from(self.rollup_retention_days));
+        let through = today + Days::new(DAYS_AHEAD);
+        let mut upkeep = Upkeep::default();
+        for (tables, cutoff, monthly) in [
+            (RAW_TABLES, raw_cutoff, false),
+            (ROLLUP_TABLES, rollup_cutoff, true),
+        ] {
+            for table in tables {
+                upkeep.dropped += drop_before(pool, table, cutoff, monthly).await?;
+                upkeep.created += ensure(pool, table, cutoff, through, monthly).await?;
+            }
+        }
+        *self.ensured_through() = Some(through);
+        if upkeep != Upkeep::default() {
+            tracing::info!(
+                created = upkeep.created,
+                dropped = upkeep.dropped,
+                "partitions maintained"
+            );
+        }
+        Ok(upkeep)
+    }
+
+    /// Makes sure partitions exist through `last_day` (the newest day of a
+    /// batch); a no-op while maintenance keeps ahead.
+    pub async fn ensure_through(
+        &self,
+        pool: &PgPool,
+        last_day: NaiveDate,
+    ) -> Result<(), sqlx::Error> {
+        if self
+            .ensured_through()
+            .is_some_and(|through| through >= last_day)
+        {
+            return Ok(());
+        }
+        let today = Utc::now().date_naive();
+        let first_day = today - Days::new(u64::from(self.raw_retention_days));
+        // A reading late on `last_day` rolls up into the next day's first hour.
+        let rollup_last_day = last_day + Days::new(1);
+        for table in RAW_TABLES {
+            ensure(pool, table, first_day, last_day, false).await?;
+        }
+        for table in ROLLUP_TABLES {
+            ensure(pool, table, first_day, rollup_last_day, true).await?;
+        }
+        let mut through = self.ensured_through();
+        *through = Some(through.map_or(last_day, |known| known.max(last_day)));
+        Ok(())
+    }
+}
+
+async fn ensure(
+    pool: &PgPool,
+    table: &str,
+    first: NaiveDate,
+    last: NaiveDate,
+    monthly: bool,
+) -> Result<i64, sqlx::Error> {
+    let created: i32 = sqlx::query_scalar("SELECT energy_ensure_partitions($1, $2, $3, $4)")
+        .bind(table)
+        .bind(first)
+        .bind(last)
+        .bind(monthly)
+        .fetch_one(pool)
+        .await?;
+    Ok(i64::from(created))
+}
+
+async fn drop_before(
+    pool: &PgPool,
+    table: &str,
+    cutoff: NaiveDate,
+    monthly: bool,
+) -> Result<i64, sqlx::Error> {
+    let dropped: i32 = sqlx::query_scalar("SELECT energy_drop_partitions_before($1, $2, $3)")
+        .bind(table)
+        .bind(cutoff)
+        .bind(monthly)
+        .fetch_one(pool)
+        .await?;
+    Ok(i64::from(dropped))
+}
