@@ -56,7 +56,7 @@ async fn the_performance_query_uses_indexes_and_prunes_partitions() {
         "INSERT INTO assignments SELECT 'V-' || d, $1, 'M-' || d FROM generate_series(1, 2000) d",
         "INSERT INTO assignments SELECT 'V-' || d, $1 + interval '2 days 13 hours 20 minutes', 'M-' || (d % 2000 + 1) FROM generate_series(1, 2000) d",
         "INSERT INTO vehicle_hourly SELECT vehicle_id, energy_hour_end(recorded_at), count(*), sum(kwh_delivered_dc), sum(battery_temp) FROM vehicle_readings WHERE $1 IS NOT NULL GROUP BY 1, 2",
-        "INSERT INTO meter_hourly SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage) FROM meter_readings WHERE $1 IS NOT NULL GROUP BY 1, 2",
+        "INSERT INTO meter_hourly SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac), min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage) FROM meter_readings WHERE $1 IS NOT NULL GROUP BY 1, 2",
     ] {
         sqlx::query(sql).bind(first_day).execute(&db.pool).await.unwrap();
     }

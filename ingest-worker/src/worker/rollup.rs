@@ -32,6 +32,8 @@ pub const VEHICLE_HOUR_MERGE: &str = "ON CONFLICT (vehicle_id, hour_end) DO UPDA
 pub const METER_HOUR_MERGE: &str = "ON CONFLICT (meter_id, hour_end) DO UPDATE SET
     readings = h.readings + EXCLUDED.readings,
     sum_ac = h.sum_ac + EXCLUDED.sum_ac,
+    min_ac = LEAST(h.min_ac, EXCLUDED.min_ac),
+    max_ac = GREATEST(h.max_ac, EXCLUDED.max_ac),
     sum_voltage = h.sum_voltage + EXCLUDED.sum_voltage,
     min_voltage = LEAST(h.min_voltage, EXCLUDED.min_voltage),
     max_voltage = GREATEST(h.max_voltage, EXCLUDED.max_voltage)";
@@ -61,8 +63,10 @@ pub fn staged_meter_insert(staging: &str, columns: &str) -> String {
              ON CONFLICT DO NOTHING
              RETURNING meter_id, recorded_at, kwh_consumed_ac, voltage
          ), rolled AS (
-             INSERT INTO meter_hourly AS h (meter_id, hour_end, readings, sum_ac, sum_voltage, min_voltage, max_voltage)
-             SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)
+             INSERT INTO meter_hourly AS h
+                 (meter_id, hour_end, readings, sum_ac, min_ac, max_ac, sum_voltage, min_voltage, max_voltage)
+             SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac),
+                    min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)
              FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
              {METER_HOUR_MERGE}
          )
@@ -77,13 +81,40 @@ struct VehicleHour {
     sum_battery_temp: f64,
 }
 
-#[derive(Default)]
 struct MeterHour {
     readings: i64,
     sum_ac: f64,
+    min_ac: f64,
+    max_ac: f64,
     sum_voltage: f64,
     min_voltage: f64,
     max_voltage: f64,
+}
+
+impl MeterHour {
+    fn add(&mut self, reading: &MeterReading) {
+        self.readings += 1;
+        self.sum_ac += reading.kwh_consumed_ac;
+        self.min_ac = self.min_ac.min(reading.kwh_consumed_ac);
+        self.max_ac = self.max_ac.max(reading.kwh_consumed_ac);
+        self.sum_voltage += reading.voltage;
+        self.min_voltage = self.min_voltage.min(reading.voltage);
+        self.max_voltage = self.max_voltage.max(reading.voltage);
+    }
+}
+
+impl Default for MeterHour {
+    fn default() -> Self {
+        Self {
+            readings: 0,
+            sum_ac: 0.0,
+            min_ac: f64::INFINITY,
+            max_ac: f64::NEG_INFINITY,
+            sum_voltage: 0.0,
+            min_voltage: f64::INFINITY,
+            max_voltage: f64::NEG_INFINITY,
+        }
+    }
 }
 
 /// Adds the hours of `vehicles` (all of them stored by this transaction).
@@ -125,40 +156,31 @@ pub async fn add_vehicle_hours(
 }
 
 /// Adds the hours of `meters` (all of them stored by this transaction).
-pub async fn add_meter_hours(
-    conn: &mut PgConnection,
-    meters: &[&MeterReading],
-) -> Result<(), sqlx::Error> {
+pub async fn add_meter_hours(conn: &mut PgConnection, meters: &[&MeterReading]) -> Result<(), sqlx::Error> {
     if meters.is_empty() {
         return Ok(());
     }
     let mut hours: BTreeMap<(&DeviceId, DateTime<Utc>), MeterHour> = BTreeMap::new();
     for m in meters {
-        let hour = hours
-            .entry((&m.meter_id, hour_end(m.recorded_at)))
-            .or_insert(MeterHour {
-                min_voltage: f64::INFINITY,
-                max_voltage: f64::NEG_INFINITY,
-                ..MeterHour::default()
-            });
-        hour.readings += 1;
-        hour.sum_ac += m.kwh_consumed_ac;
-        hour.sum_voltage += m.voltage;
-        hour.min_voltage = hour.min_voltage.min(m.voltage);
-        hour.max_voltage = hour.max_voltage.max(m.voltage);
+        hours.entry((&m.meter_id, hour_end(m.recorded_at))).or_default().add(m);
     }
+    let column = |f: fn(&MeterHour) -> f64| hours.values().map(f).collect::<Vec<_>>();
     sqlx::query(&format!(
-        "INSERT INTO meter_hourly AS h (meter_id, hour_end, readings, sum_ac, sum_voltage, min_voltage, max_voltage)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[])
+        "INSERT INTO meter_hourly AS h
+             (meter_id, hour_end, readings, sum_ac, min_ac, max_ac, sum_voltage, min_voltage, max_voltage)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::float8[], $5::float8[],
+                              $6::float8[], $7::float8[], $8::float8[], $9::float8[])
          {METER_HOUR_MERGE}"
     ))
     .bind(hours.keys().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
     .bind(hours.keys().map(|(_, end)| *end).collect::<Vec<_>>())
     .bind(hours.values().map(|h| h.readings).collect::<Vec<_>>())
-    .bind(hours.values().map(|h| h.sum_ac).collect::<Vec<_>>())
-    .bind(hours.values().map(|h| h.sum_voltage).collect::<Vec<_>>())
-    .bind(hours.values().map(|h| h.min_voltage).collect::<Vec<_>>())
-    .bind(hours.values().map(|h| h.max_voltage).collect::<Vec<_>>())
+    .bind(column(|h| h.sum_ac))
+    .bind(column(|h| h.min_ac))
+    .bind(column(|h| h.max_ac))
+    .bind(column(|h| h.sum_voltage))
+    .bind(column(|h| h.min_voltage))
+    .bind(column(|h| h.max_voltage))
     .execute(conn)
     .await?;
     Ok(())
