@@ -2,7 +2,11 @@
 //! `ingest-worker` stored.
 //!
 //! - [`performance`]: the 24-hour charging efficiency of a vehicle;
+//! - [`series`]: the same per time bucket, for charts;
+//! - [`sql`]: the interval-cutting SQL blocks those queries share;
+//! - [`fleet`]: every vehicle ranked by efficiency, with a health status;
 //! - [`devices`]: current state of a vehicle or a meter;
+//! - [`meters`]: a meter's energy and voltage statistics over a window;
 //! - [`params`]: parsing and validating path and query parameters;
 //! - [`error`]: the one mapping from failures to HTTP responses.
 //!
@@ -10,8 +14,12 @@
 
 pub mod devices;
 pub mod error;
+pub mod fleet;
+pub mod meters;
 pub mod params;
 pub mod performance;
+pub mod series;
+pub mod sql;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,12 +53,21 @@ pub struct QueryArgs {
     /// Longest analytics window a request may ask for, in days
     #[arg(long, env = "MAX_WINDOW_DAYS", default_value_t = 31)]
     pub max_window_days: u32,
+
+    /// Efficiency (percent) at or above which a vehicle is HEALTHY
+    #[arg(long, env = "HEALTHY_EFFICIENCY", default_value_t = 85.0)]
+    pub healthy_efficiency: f64,
+
+    /// Efficiency (percent) at or above which a vehicle below HEALTHY is WARNING; below it, CRITICAL
+    #[arg(long, env = "WARNING_EFFICIENCY", default_value_t = 70.0)]
+    pub warning_efficiency: f64,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub max_window: chrono::TimeDelta,
+    pub thresholds: fleet::Thresholds,
 }
 
 /// Runs the API on `listener` until `shutdown` completes. Refuses to start
@@ -60,11 +77,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.warning_efficiency < args.healthy_efficiency,
+        "WARNING_EFFICIENCY ({}) must be below HEALTHY_EFFICIENCY ({})",
+        args.warning_efficiency,
+        args.healthy_efficiency
+    );
     let pool = shared::db::pool(&args.db, "query-api").context("invalid database settings")?;
     shared::db::wait_until_migrated(&pool).await?;
     let state = AppState {
         pool,
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
+        thresholds: fleet::Thresholds {
+            healthy: args.healthy_efficiency,
+            warning: args.warning_efficiency,
+        },
     };
     tracing::info!(addr = %listener.local_addr()?, "query-api listening");
     axum::serve(listener, router(state))
@@ -83,8 +110,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/analytics/performance/{vehicle_id}",
             get(performance::by_path),
         )
+        .route(
+            "/v1/analytics/performance/{vehicle_id}/series",
+            get(series::series),
+        )
+        .route("/v1/analytics/fleet", get(fleet::fleet))
         .route("/v1/vehicles/{vehicle_id}", get(devices::vehicle))
         .route("/v1/meters/{meter_id}", get(devices::meter))
+        .route("/v1/meters/{meter_id}/analytics", get(meters::analytics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -40,66 +40,24 @@ use crate::AppState;
 ///
 /// An assignment `[start, end)` is the interval `(start - 1µs, end - 1µs]`
 /// on PostgreSQL's microsecond grid.
-pub const PERFORMANCE_SQL: &str = "
-WITH spans AS (
-    SELECT a.meter_id, a.starts_at,
-           LEAST(
-               (SELECT min(n.starts_at) FROM assignments n
-                 WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
-               (SELECT min(o.starts_at) FROM assignments o
-                 WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id
-                   AND (o.starts_at > a.starts_at OR (o.starts_at = a.starts_at AND o.vehicle_id > a.vehicle_id)))
-           ) AS ends_at
-    FROM assignments a
-    WHERE a.vehicle_id = $1 AND a.meter_id IS NOT NULL
-    UNION ALL
-    SELECT $1::text, '-infinity'::timestamptz,
-           LEAST(
-               (SELECT min(n.starts_at) FROM assignments n WHERE n.vehicle_id = $1),
-               (SELECT min(o.starts_at) FROM assignments o WHERE o.meter_id = $1 AND o.vehicle_id <> $1)
-           )
-),
-meter_cut AS (
-    SELECT meter_id, lo, hi, a, b,
-           CASE WHEN a < b THEN a ELSE hi END AS head_hi,
-           CASE WHEN a < b THEN b ELSE hi END AS tail_lo
-    FROM (
-        SELECT meter_id, lo, hi, energy_hour_end(lo) AS a, energy_hour_start(hi) AS b
-        FROM (
-            SELECT meter_id,
-                   GREATEST($2, starts_at - interval '1 microsecond') AS lo,
-                   LEAST($3, ends_at - interval '1 microsecond') AS hi
-            FROM spans
-        ) clipped
-        WHERE lo < hi
-    ) bounded
-),
-per_meter_piece AS (
-    SELECT c.meter_id, head.n + tail.n + hours.n AS n, head.ac + tail.ac + hours.ac AS ac
-    FROM meter_cut c
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, coalesce(sum(m.kwh_consumed_ac), 0) AS ac FROM meter_readings m
-        WHERE m.meter_id = c.meter_id AND m.recorded_at > c.lo AND m.recorded_at <= c.head_hi
-    ) head
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, coalesce(sum(m.kwh_consumed_ac), 0) AS ac FROM meter_readings m
-        WHERE m.meter_id = c.meter_id AND m.recorded_at > c.tail_lo AND m.recorded_at <= c.hi
-    ) tail
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(h.readings), 0)::bigint AS n, coalesce(sum(h.sum_ac), 0) AS ac FROM meter_hourly h
-        WHERE h.meter_id = c.meter_id AND h.hour_end > c.a AND h.hour_end <= c.b
-    ) hours
-),
-vehicle_cut AS (
-    SELECT a, b,
-           CASE WHEN a < b THEN a ELSE $3 END AS head_hi,
-           CASE WHEN a < b THEN b ELSE $3 END AS tail_lo
-    FROM (SELECT energy_hour_end($2) AS a, energy_hour_start($3) AS b) bounded
-),
+/// One round trip: the vehicle's window and each of its meters' spans cut
+/// at whole hours (see [`crate::sql`]), so it reads a few dozen rows per
+/// stream however often a device reports, and every access is an index
+/// range scan on (device id, time) in the partitions of the edge days.
+pub const PERFORMANCE_SQL: &str = concat!(
+    "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
+    crate::spans_cte!(),
+    ",\n",
+    crate::meter_cut_cte!("$2", "$3", "true"),
+    ",\n",
+    crate::meter_pieces_cte!(),
+    ",\n",
+    crate::window_cut_cte!("$2", "$3", "true"),
+    ",
 vehicle AS (
     SELECT head.n + tail.n + hours.n AS n, head.dc + tail.dc + hours.dc AS dc,
            head.temp + tail.temp + hours.temp AS temp
-    FROM vehicle_cut c
+    FROM window_cut c
     CROSS JOIN LATERAL (
         SELECT count(*) AS n, coalesce(sum(r.kwh_delivered_dc), 0) AS dc, coalesce(sum(r.battery_temp), 0) AS temp
         FROM vehicle_readings r
@@ -119,10 +77,11 @@ vehicle AS (
 )
 SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
        CASE WHEN v.n > 0 THEN v.temp / v.n END AS avg_battery_temp,
-       (SELECT coalesce(sum(n), 0)::bigint FROM per_meter_piece) AS meter_readings,
-       (SELECT coalesce(sum(ac), 0) FROM per_meter_piece) AS sum_ac,
-       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM per_meter_piece WHERE n > 0) AS meter_ids
-FROM vehicle v";
+       (SELECT coalesce(sum(n), 0)::bigint FROM meter_pieces) AS meter_readings,
+       (SELECT coalesce(sum(ac), 0) FROM meter_pieces) AS sum_ac,
+       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM meter_pieces WHERE n > 0) AS meter_ids
+FROM vehicle v"
+);
 
 /// The original API's response shape.
 #[derive(Debug, Serialize)]
@@ -154,6 +113,11 @@ struct PerformanceRow {
     meter_ids: Vec<String>,
 }
 
+/// 100 × DC / AC rounded to 2 decimals; `None` when no AC was drawn.
+pub fn efficiency(sum_dc: f64, sum_ac: f64) -> Option<f64> {
+    (sum_ac > 0.0).then(|| (100.0 * sum_dc / sum_ac * 100.0).round() / 100.0)
+}
+
 /// Computes the efficiency of `vehicle` over `window`; `None` when the vehicle
 /// has no readings in it.
 pub async fn vehicle_performance(
@@ -170,8 +134,7 @@ pub async fn vehicle_performance(
     if row.vehicle_readings == 0 {
         return Ok(None);
     }
-    let efficiency =
-        (row.sum_ac > 0.0).then(|| (100.0 * row.sum_dc / row.sum_ac * 100.0).round() / 100.0);
+    let efficiency = efficiency(row.sum_dc, row.sum_ac);
     Ok(Some(Performance {
         vehicle_id: vehicle.to_string(),
         sum_dc: row.sum_dc,

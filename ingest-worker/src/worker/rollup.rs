@@ -156,13 +156,19 @@ pub async fn add_vehicle_hours(
 }
 
 /// Adds the hours of `meters` (all of them stored by this transaction).
-pub async fn add_meter_hours(conn: &mut PgConnection, meters: &[&MeterReading]) -> Result<(), sqlx::Error> {
+pub async fn add_meter_hours(
+    conn: &mut PgConnection,
+    meters: &[&MeterReading],
+) -> Result<(), sqlx::Error> {
     if meters.is_empty() {
         return Ok(());
     }
     let mut hours: BTreeMap<(&DeviceId, DateTime<Utc>), MeterHour> = BTreeMap::new();
     for m in meters {
-        hours.entry((&m.meter_id, hour_end(m.recorded_at))).or_default().add(m);
+        hours
+            .entry((&m.meter_id, hour_end(m.recorded_at)))
+            .or_default()
+            .add(m);
     }
     let column = |f: fn(&MeterHour) -> f64| hours.values().map(f).collect::<Vec<_>>();
     sqlx::query(&format!(

@@ -1,0 +1,292 @@
+//! `GET /v1/analytics/fleet`: every vehicle that reported in a window, with
+//! its efficiency and a health status, worst first, a page at a time.
+//!
+//! One set-based query computes every vehicle (time-range reads over all
+//! devices: rollups for whole hours, raw rows for the window's partial
+//! hours through BRIN indexes, then each vehicle's meter spans through the
+//! per-device indexes). Sorting, the status filter and the cursor are
+//! applied here, with the same efficiency rounding as the per-vehicle
+//! endpoint. Pages are recomputed per request: a cursor is a position in the
+//! ranking (efficiency, vehicle id), so new readings between two pages can
+//! move a vehicle across it.
+
+use std::cmp::Ordering;
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::Utc;
+use serde::Serialize;
+use shared::wire::format_timestamp;
+
+use crate::error::ApiError;
+use crate::params::{QueryParams, Window};
+use crate::performance::efficiency;
+use crate::AppState;
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1_000;
+
+/// `$1`/`$2`: the window.
+pub const FLEET_SQL: &str = concat!(
+    "WITH ",
+    crate::window_cut_cte!("$1", "$2", "true"),
+    ",
+vehicle_parts AS (
+    SELECT r.vehicle_id, 1::bigint AS n, r.kwh_delivered_dc AS dc, r.battery_temp AS temp
+    FROM window_cut c JOIN vehicle_readings r ON r.recorded_at > $1 AND r.recorded_at <= c.head_hi
+    UNION ALL
+    SELECT r.vehicle_id, 1, r.kwh_delivered_dc, r.battery_temp
+    FROM window_cut c JOIN vehicle_readings r ON r.recorded_at > c.tail_lo AND r.recorded_at <= $2
+    UNION ALL
+    SELECT h.vehicle_id, h.readings, h.sum_dc, h.sum_battery_temp
+    FROM window_cut c JOIN vehicle_hourly h ON h.hour_end > c.a AND h.hour_end <= c.b
+),
+fleet AS (
+    SELECT vehicle_id, sum(n)::bigint AS n, sum(dc) AS dc, sum(temp) AS temp
+    FROM vehicle_parts GROUP BY vehicle_id
+),
+wanted AS (SELECT vehicle_id FROM fleet WHERE n > 0),
+",
+    crate::spans_cte!(),
+    ",\n",
+    crate::meter_cut_cte!("$1", "$2", "true"),
+    ",\n",
+    crate::meter_pieces_cte!(),
+    ",
+meters AS (SELECT vehicle_id, sum(n)::bigint AS n, sum(ac) AS ac FROM meter_pieces GROUP BY vehicle_id)
+SELECT f.vehicle_id, f.n AS vehicle_readings, f.dc AS sum_dc, f.temp / f.n AS avg_battery_temp,
+       coalesce(m.n, 0)::bigint AS meter_readings, coalesce(m.ac, 0) AS sum_ac
+FROM fleet f LEFT JOIN meters m USING (vehicle_id)
+WHERE f.n > 0"
+);
+
+/// Where a vehicle's efficiency puts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Health {
+    Healthy,
+    Warning,
+    Critical,
+    /// No AC energy was drawn in the window: efficiency is undefined.
+    Unknown,
+}
+
+impl Health {
+    fn parse(raw: &str) -> Result<Self, ApiError> {
+        match raw {
+            "HEALTHY" => Ok(Self::Healthy),
+            "WARNING" => Ok(Self::Warning),
+            "CRITICAL" => Ok(Self::Critical),
+            "UNKNOWN" => Ok(Self::Unknown),
+            _ => Err(ApiError::BadRequest(
+                "status must be HEALTHY, WARNING, CRITICAL or UNKNOWN (comma-separated for several)".into(),
+            )),
+        }
+    }
+}
+
+/// Efficiency bands, in percent: at or above `healthy` is HEALTHY, at or
+/// above `warning` WARNING, below it CRITICAL.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Thresholds {
+    pub healthy: f64,
+    pub warning: f64,
+}
+
+impl Thresholds {
+    pub fn classify(&self, efficiency: Option<f64>) -> Health {
+        match efficiency {
+            None => Health::Unknown,
+            Some(e) if e >= self.healthy => Health::Healthy,
+            Some(e) if e >= self.warning => Health::Warning,
+            Some(_) => Health::Critical,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct FleetRow {
+    vehicle_id: String,
+    vehicle_readings: i64,
+    sum_dc: f64,
+    avg_battery_temp: f64,
+    meter_readings: i64,
+    sum_ac: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetVehicle {
+    pub vehicle_id: String,
+    pub efficiency: Option<f64>,
+    pub status: Health,
+    #[serde(rename = "sumDC")]
+    pub sum_dc: f64,
+    #[serde(rename = "sumAC")]
+    pub sum_ac: f64,
+    pub avg_battery_temp: f64,
+    pub vehicle_readings: i64,
+    pub meter_readings: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetPage {
+    pub from: String,
+    pub to: String,
+    pub thresholds: Thresholds,
+    /// Vehicles matching the status filter, on all pages.
+    pub total: usize,
+    pub vehicles: Vec<FleetVehicle>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Worst first: lowest efficiency, vehicles without AC last, then by id.
+fn ranking(a: (Option<f64>, &str), b: (Option<f64>, &str)) -> Ordering {
+    let by_efficiency = match (a.0, b.0) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
+    by_efficiency.then_with(|| a.1.cmp(b.1))
+}
+
+fn encode_cursor(efficiency: Option<f64>, vehicle_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::json!([efficiency, vehicle_id]).to_string())
+}
+
+fn decode_cursor(raw: &str) -> Result<(Option<f64>, String), ApiError> {
+    let invalid = || ApiError::BadRequest("cursor is not one this API issued".into());
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    serde_json::from_slice::<(Option<f64>, String)>(&bytes).map_err(|_| invalid())
+}
+
+fn limit(params: &QueryParams) -> Result<usize, ApiError> {
+    let Some(raw) = params.get("limit") else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "limit must be an integer from 1 to {MAX_LIMIT}"
+        ))),
+    }
+}
+
+/// `GET /v1/analytics/fleet?from=&to=&status=&limit=&cursor=`
+pub async fn fleet(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<FleetPage>, ApiError> {
+    let params = QueryParams::parse(query.as_deref())?;
+    let window = Window::from_params(&params, Utc::now(), state.max_window)?;
+    let statuses: Option<Vec<Health>> = params
+        .get("status")
+        .map(|raw| raw.split(',').map(str::trim).map(Health::parse).collect())
+        .transpose()?;
+    let limit = limit(&params)?;
+    let after = params.get("cursor").map(decode_cursor).transpose()?;
+
+    let rows: Vec<FleetRow> = sqlx::query_as(FLEET_SQL)
+        .bind(window.from)
+        .bind(window.to)
+        .fetch_all(&state.pool)
+        .await?;
+    let mut vehicles: Vec<FleetVehicle> = rows
+        .into_iter()
+        .map(|row| {
+            let efficiency = efficiency(row.sum_dc, row.sum_ac);
+            FleetVehicle {
+                status: state.thresholds.classify(efficiency),
+                efficiency,
+                vehicle_id: row.vehicle_id,
+                sum_dc: row.sum_dc,
+                sum_ac: row.sum_ac,
+                avg_battery_temp: row.avg_battery_temp,
+                vehicle_readings: row.vehicle_readings,
+                meter_readings: row.meter_readings,
+            }
+        })
+        .filter(|v| {
+            statuses
+                .as_ref()
+                .is_none_or(|wanted| wanted.contains(&v.status))
+        })
+        .collect();
+    vehicles.sort_by(|a, b| ranking((a.efficiency, &a.vehicle_id), (b.efficiency, &b.vehicle_id)));
+    let total = vehicles.len();
+    let start = match &after {
+        Some((efficiency, id)) => vehicles
+            .iter()
+            .position(|v| {
+                ranking((v.efficiency, &v.vehicle_id), (*efficiency, id)) == Ordering::Greater
+            })
+            .unwrap_or(total),
+        None => 0,
+    };
+    let mut page: Vec<FleetVehicle> = vehicles.drain(start..).take(limit + 1).collect();
+    let next_cursor = if page.len() > limit {
+        page.truncate(limit);
+        page.last()
+            .map(|v| encode_cursor(v.efficiency, &v.vehicle_id))
+    } else {
+        None
+    };
+    Ok(Json(FleetPage {
+        from: format_timestamp(window.from),
+        to: format_timestamp(window.to),
+        thresholds: state.thresholds,
+        total,
+        vehicles: page,
+        next_cursor,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_and_ranking() {
+        let t = Thresholds {
+            healthy: 85.0,
+            warning: 70.0,
+        };
+        assert_eq!(t.classify(Some(85.0)), Health::Healthy);
+        assert_eq!(t.classify(Some(84.99)), Health::Warning);
+        assert_eq!(t.classify(Some(70.0)), Health::Warning);
+        assert_eq!(t.classify(Some(69.99)), Health::Critical);
+        assert_eq!(t.classify(None), Health::Unknown);
+        let mut keys = vec![
+            (None, "a"),
+            (Some(90.0), "b"),
+            (Some(60.0), "c"),
+            (Some(60.0), "a"),
+        ];
+        keys.sort_by(|a, b| ranking(*a, *b));
+        assert_eq!(
+            keys,
+            vec![
+                (Some(60.0), "a"),
+                (Some(60.0), "c"),
+                (Some(90.0), "b"),
+                (None, "a")
+            ]
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let cursor = encode_cursor(Some(71.5), "EV-☃");
+        assert_eq!(
+            decode_cursor(&cursor).unwrap(),
+            (Some(71.5), "EV-☃".to_owned())
+        );
+        assert!(decode_cursor("not-a-cursor!").is_err());
+    }
+}

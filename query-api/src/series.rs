@@ -1,0 +1,251 @@
+//! `GET /v1/analytics/performance/{vehicleId}/series`: DC, AC, efficiency
+//! and mean battery temperature per time bucket, for charts.
+//!
+//! Buckets are aligned to UTC (`5m`, `15m`, `1h`, `1d` multiples since
+//! 2000-01-01T00:00Z) and, like windows, left-open: a bucket covers
+//! `(start, end]`; the first and last are clipped to the window. Every bucket
+//! of the window is returned, empty ones with zero readings. Hour and day
+//! buckets come from hourly rollups plus raw readings at the window's and
+//! assignments' edges; 5- and 15-minute buckets from raw readings.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use shared::wire::format_timestamp;
+
+use crate::error::ApiError;
+use crate::params::{device_id, QueryParams, Window};
+use crate::performance::efficiency;
+use crate::AppState;
+
+/// Most points one series may have.
+pub const MAX_POINTS: i64 = 2_000;
+
+/// `$1` vehicle, `$2`/`$3` window, `$4` bucket size, `$5` whether whole
+/// hours may come from rollups (bucket sizes of an hour or more).
+pub const SERIES_SQL: &str = concat!(
+    "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
+    crate::spans_cte!(),
+    ",\n",
+    crate::meter_cut_cte!("$2", "$3", "$5"),
+    ",\n",
+    crate::window_cut_cte!("$2", "$3", "$5"),
+    ",
+parts AS (
+    SELECT r.recorded_at AS at, 1::bigint AS v_n, r.kwh_delivered_dc AS dc, r.battery_temp AS temp,
+           0::bigint AS m_n, 0::float8 AS ac
+    FROM window_cut c JOIN vehicle_readings r
+      ON r.vehicle_id = $1 AND r.recorded_at > $2 AND r.recorded_at <= c.head_hi
+    UNION ALL
+    SELECT r.recorded_at, 1, r.kwh_delivered_dc, r.battery_temp, 0, 0
+    FROM window_cut c JOIN vehicle_readings r
+      ON r.vehicle_id = $1 AND r.recorded_at > c.tail_lo AND r.recorded_at <= $3
+    UNION ALL
+    SELECT h.hour_end, h.readings, h.sum_dc, h.sum_battery_temp, 0, 0
+    FROM window_cut c JOIN vehicle_hourly h
+      ON h.vehicle_id = $1 AND h.hour_end > c.a AND h.hour_end <= c.b
+    UNION ALL
+    SELECT m.recorded_at, 0, 0, 0, 1, m.kwh_consumed_ac
+    FROM meter_cut c JOIN meter_readings m
+      ON m.meter_id = c.meter_id AND m.recorded_at > c.lo AND m.recorded_at <= c.head_hi
+    UNION ALL
+    SELECT m.recorded_at, 0, 0, 0, 1, m.kwh_consumed_ac
+    FROM meter_cut c JOIN meter_readings m
+      ON m.meter_id = c.meter_id AND m.recorded_at > c.tail_lo AND m.recorded_at <= c.hi
+    UNION ALL
+    SELECT h.hour_end, 0, 0, 0, h.readings, h.sum_ac
+    FROM meter_cut c JOIN meter_hourly h
+      ON h.meter_id = c.meter_id AND h.hour_end > c.a AND h.hour_end <= c.b
+)
+SELECT date_bin($4, at - interval '1 microsecond', timestamptz '2000-01-01 00:00:00+00') + $4 AS bucket_end,
+       sum(v_n)::bigint AS vehicle_readings, sum(dc) AS sum_dc, sum(temp) AS sum_temp,
+       sum(m_n)::bigint AS meter_readings, sum(ac) AS sum_ac
+FROM parts
+GROUP BY 1
+ORDER BY 1"
+);
+
+/// A supported bucket size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub name: &'static str,
+    pub size: TimeDelta,
+}
+
+impl Bucket {
+    const ALL: [Bucket; 4] = [
+        Bucket {
+            name: "5m",
+            size: TimeDelta::minutes(5),
+        },
+        Bucket {
+            name: "15m",
+            size: TimeDelta::minutes(15),
+        },
+        Bucket {
+            name: "1h",
+            size: TimeDelta::hours(1),
+        },
+        Bucket {
+            name: "1d",
+            size: TimeDelta::days(1),
+        },
+    ];
+
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        Self::ALL
+            .into_iter()
+            .find(|bucket| bucket.name == raw)
+            .ok_or_else(|| ApiError::BadRequest("bucket must be one of 5m, 15m, 1h, 1d".into()))
+    }
+
+    /// Whether whole hours can come from hourly rollups.
+    fn uses_rollups(&self) -> bool {
+        self.size >= TimeDelta::hours(1)
+    }
+
+    /// The end of the bucket that holds `at` (buckets are left-open).
+    fn end_of(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let size = self.size.num_microseconds().unwrap_or(i64::MAX);
+        let origin = DateTime::<Utc>::from_timestamp(946_684_800, 0).unwrap_or_default();
+        let since = (at - origin).num_microseconds().unwrap_or(0) - 1;
+        origin + TimeDelta::microseconds(since.div_euclid(size) * size + size)
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Point {
+    pub start: String,
+    pub end: String,
+    #[serde(rename = "sumDC")]
+    pub sum_dc: f64,
+    #[serde(rename = "sumAC")]
+    pub sum_ac: f64,
+    pub efficiency: Option<f64>,
+    pub avg_battery_temp: Option<f64>,
+    pub vehicle_readings: i64,
+    pub meter_readings: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Series {
+    pub vehicle_id: String,
+    pub bucket: &'static str,
+    pub from: String,
+    pub to: String,
+    pub points: Vec<Point>,
+}
+
+#[derive(sqlx::FromRow)]
+struct BucketRow {
+    bucket_end: DateTime<Utc>,
+    vehicle_readings: i64,
+    sum_dc: f64,
+    sum_temp: f64,
+    meter_readings: i64,
+    sum_ac: f64,
+}
+
+/// `GET /v1/analytics/performance/{vehicleId}/series?from=&to=&bucket=1h`
+pub async fn series(
+    State(state): State<AppState>,
+    raw_id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Series>, ApiError> {
+    let Path(raw_id) = raw_id?;
+    let vehicle = device_id("vehicleId", &raw_id)?;
+    let params = QueryParams::parse(query.as_deref())?;
+    let window = Window::from_params(&params, Utc::now(), state.max_window)?;
+    let bucket = Bucket::parse(params.get("bucket").unwrap_or("1h"))?;
+    let first_end = bucket.end_of(window.from + TimeDelta::microseconds(1));
+    let last_end = bucket.end_of(window.to);
+    let n_points = (last_end - first_end)
+        .num_microseconds()
+        .unwrap_or(i64::MAX)
+        / bucket.size.num_microseconds().unwrap_or(1)
+        + 1;
+    if n_points > MAX_POINTS {
+        return Err(ApiError::BadRequest(format!(
+            "bucket {} over this window gives {n_points} points, more than {MAX_POINTS}: use a larger bucket or a shorter window",
+            bucket.name
+        )));
+    }
+
+    let rows: Vec<BucketRow> = sqlx::query_as(SERIES_SQL)
+        .bind(vehicle.as_str())
+        .bind(window.from)
+        .bind(window.to)
+        .bind(bucket.size)
+        .bind(bucket.uses_rollups())
+        .fetch_all(&state.pool)
+        .await?;
+    let mut rows = rows.into_iter().peekable();
+    let mut points = Vec::with_capacity(n_points as usize);
+    let mut end = first_end;
+    while end <= last_end {
+        let row = rows.next_if(|row| row.bucket_end == end);
+        let (vehicle_readings, sum_dc, sum_temp, meter_readings, sum_ac) = row
+            .map(|r| {
+                (
+                    r.vehicle_readings,
+                    r.sum_dc,
+                    r.sum_temp,
+                    r.meter_readings,
+                    r.sum_ac,
+                )
+            })
+            .unwrap_or_default();
+        points.push(Point {
+            start: format_timestamp((end - bucket.size).max(window.from)),
+            end: format_timestamp(end.min(window.to)),
+            sum_dc,
+            sum_ac,
+            efficiency: efficiency(sum_dc, sum_ac),
+            avg_battery_temp: (vehicle_readings > 0).then(|| sum_temp / vehicle_readings as f64),
+            vehicle_readings,
+            meter_readings,
+        });
+        end += bucket.size;
+    }
+    Ok(Json(Series {
+        vehicle_id: vehicle.to_string(),
+        bucket: bucket.name,
+        from: format_timestamp(window.from),
+        to: format_timestamp(window.to),
+        points,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_left_open_and_aligned_to_utc() {
+        let hour = Bucket::parse("1h").unwrap();
+        let at = |raw: &str| raw.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            hour.end_of(at("2026-02-10T10:00:00Z")),
+            at("2026-02-10T10:00:00Z")
+        );
+        assert_eq!(
+            hour.end_of(at("2026-02-10T10:00:00.000001Z")),
+            at("2026-02-10T11:00:00Z")
+        );
+        let day = Bucket::parse("1d").unwrap();
+        assert_eq!(
+            day.end_of(at("2026-02-10T10:00:00Z")),
+            at("2026-02-11T00:00:00Z")
+        );
+        let five = Bucket::parse("5m").unwrap();
+        assert_eq!(
+            five.end_of(at("2026-02-10T10:01:00Z")),
+            at("2026-02-10T10:05:00Z")
+        );
+        assert!(Bucket::parse("2h").is_err());
+    }
+}
