@@ -149,6 +149,14 @@ async fn every_validation_rule_answers_422_naming_the_field_and_publishes_nothin
         v
     };
     let future = shared::wire::format_timestamp(Utc::now() + TimeDelta::minutes(6));
+    let cutoff = (Utc::now().date_naive() - chrono::Days::new(90))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let retention_error = format!(
+        "is older than the 90-day retention (before {})",
+        shared::wire::format_timestamp(cutoff)
+    );
     let cases: Vec<(Value, &str, &str)> = vec![
         (without(&ok, "type"), "type", "is required"),
         (
@@ -243,6 +251,11 @@ async fn every_validation_rule_answers_422_naming_the_field_and_publishes_nothin
             json!({"type":"ASSIGNMENT","vehicleId":"V-1","meterId":5,"timestamp":shared::wire::format_timestamp(at)}),
             "meterId",
             "must be a string or null",
+        ),
+        (
+            with(&ok, "timestamp", json!("2020-01-01T00:00:00Z")),
+            "timestamp",
+            &retention_error,
         ),
         (json!("a string"), "reading", "must be a JSON object"),
     ];

@@ -141,6 +141,7 @@ async fn rows_equal_readings_with_duplicates_out_of_order_and_poison_messages() 
         (Some(b"V-1".to_vec()), Some(br#"{"type":"VEHICLE","vehicleId":"V-1"}"#.to_vec()), "invalid reading: soc is required"),
         (Some(b"V-2".to_vec()), None, "empty payload"),
         (None, Some(br#"{"type":"METER","meterId":"M-1","kwhConsumedAc":-1,"voltage":230,"timestamp":"2026-01-01T00:00:00Z"}"#.to_vec()), "invalid reading: kwhConsumedAc must be at least 0"),
+        (Some(b"M-2".to_vec()), Some(br#"{"type":"METER","meterId":"M-2","kwhConsumedAc":1,"voltage":230,"timestamp":"2020-01-01T00:00:00Z"}"#.to_vec()), "invalid reading: timestamp is older than the 90-day retention"),
     ];
     let mut all = messages.clone();
     all.extend(duplicates.iter().cloned());
