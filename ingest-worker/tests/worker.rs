@@ -378,3 +378,40 @@ async fn refuses_to_start_against_an_unmigrated_database() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_broker_outage_the_worker_rejoins_and_resumes_at_once() {
+    let kafka = MockKafka::start(&[(TOPIC, 2), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let t0 = base_time();
+    let batch = |from: i64, n: i64| -> Vec<_> {
+        (from..from + n)
+            .map(|i| keyed(&meter("M-1", t0 + TimeDelta::seconds(i), 0.5, 230.0)))
+            .collect()
+    };
+    let producer = producer(&kafka.bootstrap());
+    produce_all(&producer, TOPIC, &batch(0, 100)).await;
+    let worker = Worker::start(worker_args(
+        &kafka,
+        &db,
+        &["--batch-max-wait-ms=50", "--kafka-session-timeout-ms=6000"],
+    ));
+    eventually("the first readings", Duration::from_secs(30), || async {
+        (rows(&db, "meter_readings").await == 100).then_some(())
+    })
+    .await;
+
+    // Long enough for the session to expire and for errors to pile up in the
+    // consumer's queue ahead of the rebalance that follows the outage.
+    kafka.broker_down();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    kafka.broker_up();
+    produce_all(&producer, TOPIC, &batch(100, 100)).await;
+    eventually(
+        "readings produced after the outage",
+        Duration::from_secs(30),
+        || async { (rows(&db, "meter_readings").await == 200).then_some(()) },
+    )
+    .await;
+    worker.stop().await;
+}

@@ -64,7 +64,6 @@ impl Sink {
 pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
     let mut batch = Batch::default();
     let mut flush_at: Option<Instant> = None;
-    let mut consume_errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let flush_due = async {
             match flush_at {
@@ -87,7 +86,6 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                 }
                 match received {
                     Ok(message) => {
-                        consume_errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
                         batch.add(&message, &sink.rules, Utc::now());
                         if flush_at.is_none() {
                             tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
@@ -98,11 +96,12 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                             flush_at = None;
                         }
                     }
-                    Err(error) => {
-                        let delay = consume_errors.next_delay();
-                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "kafka consume error");
-                        tokio::time::sleep(delay).await;
-                    }
+                    // Consumer errors are reports, not failures to handle: librdkafka
+                    // reconnects by itself. Keep polling at once: a queue of errors
+                    // from an outage can stand before the rebalance that assigns this
+                    // worker its partitions, and sleeping per error would stall it
+                    // (recv() blocks while nothing is queued, so this cannot spin).
+                    Err(error) => tracing::warn!(%error, "kafka consumer reported an error"),
                 }
             }
         }
