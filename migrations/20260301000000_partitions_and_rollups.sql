@@ -77,7 +77,7 @@ BEGIN
             CONTINUE; -- not one of ours
         END IF;
         IF partition_end <= cutoff THEN
-            EXECUTE format('DROP TABLE %I', child);
+            EXECUTE format('DROP TABLE IF EXISTS %I', child); -- another worker may drop it first
             dropped := dropped + 1;
         END IF;
     END LOOP;

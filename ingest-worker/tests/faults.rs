@@ -115,7 +115,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let worker_settings = [("BATCH_MAX_READINGS", "1000".to_owned())];
     let (mut worker, _) = wiring.start_worker(GROUP, &worker_settings);
 
-    let producing = produce_paced(&kafka, fleet.messages(), 40, Duration::from_secs(10));
+    let producing = produce_paced(&kafka, fleet.messages(), 40, Duration::from_secs(60));
     let seed = fastrand::u64(..);
     eprintln!("kill schedule seed: {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -307,7 +307,21 @@ async fn broker_down_gateway_answers_503_never_202_and_every_202_is_stored() {
     tokio::time::sleep(Duration::from_secs(if soak() { 60 } else { 12 })).await;
     kafka.broker_up();
     let up_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Clients reconnect with backoff (librdkafka's reconnect.backoff.max.ms):
+    // keep the load on until the gateway has acknowledged again.
+    test_support::eventually(
+        "a 202 after the broker is back",
+        Duration::from_secs(45),
+        || async {
+            let acked_again = attempts
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|a| a.status == 202 && a.started > up_at);
+            acked_again.then_some(())
+        },
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     client_task.await.unwrap();
 
@@ -499,7 +513,8 @@ async fn draining_a_backlog_keeps_worker_memory_bounded() {
         started.elapsed().as_secs_f64(),
         peak_kib / 1024
     );
-    // Prefetch (32 MiB), one batch and the binary's own footprint: far below
-    // the backlog's size, and independent of it.
-    assert!(peak_kib < 400 * 1024, "worker peak RSS {peak_kib} KiB");
+    // Prefetch (32 MiB), one batch and the binary's own footprint, whatever
+    // the backlog: under SOAK=1 the backlog's payloads alone are ~160 MiB, so
+    // a worker that buffered it would fail this.
+    assert!(peak_kib < 160 * 1024, "worker peak RSS {peak_kib} KiB");
 }

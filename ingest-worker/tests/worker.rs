@@ -363,6 +363,13 @@ async fn lost_database_connections_are_retried_and_nothing_is_lost_or_doubled() 
             .await
             .unwrap();
     assert_eq!((n, sum), (3000, 1500.0));
+    // Each stored reading rolled up exactly once, through every retry.
+    let (rolled, rolled_kwh): (i64, f64) =
+        sqlx::query_as("SELECT sum(readings)::bigint, sum(sum_ac) FROM meter_hourly")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rolled, rolled_kwh), (3000, 1500.0));
     worker.stop().await;
 }
 

@@ -16,12 +16,11 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use chrono::Utc;
 use serde::Serialize;
 use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
-use crate::params::{QueryParams, Window};
+use crate::params::QueryParams;
 use crate::performance::efficiency;
 use crate::AppState;
 
@@ -49,7 +48,7 @@ fleet AS (
 ),
 wanted AS (SELECT vehicle_id FROM fleet WHERE n > 0),
 ",
-    crate::spans_cte!(),
+    crate::spans_cte!("$1", "$2"),
     ",\n",
     crate::meter_cut_cte!("$1", "$2", "true"),
     ",\n",
@@ -184,7 +183,7 @@ pub async fn fleet(
     RawQuery(query): RawQuery,
 ) -> Result<Json<FleetPage>, ApiError> {
     let params = QueryParams::parse(query.as_deref())?;
-    let window = Window::from_params(&params, Utc::now(), state.max_window)?;
+    let window = state.window(&params)?;
     let statuses: Option<Vec<Health>> = params
         .get("status")
         .map(|raw| raw.split(',').map(str::trim).map(Health::parse).collect())

@@ -54,6 +54,11 @@ pub struct QueryArgs {
     #[arg(long, env = "MAX_WINDOW_DAYS", default_value_t = 31)]
     pub max_window_days: u32,
 
+    /// Days of raw readings the worker keeps (RETENTION_DAYS): a window may
+    /// not start earlier, since its edges need raw readings
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
+
     /// Efficiency (percent) at or above which a vehicle is HEALTHY
     #[arg(long, env = "HEALTHY_EFFICIENCY", default_value_t = 85.0)]
     pub healthy_efficiency: f64,
@@ -68,6 +73,27 @@ pub struct AppState {
     pub pool: PgPool,
     pub max_window: chrono::TimeDelta,
     pub thresholds: fleet::Thresholds,
+    pub retention_days: u32,
+}
+
+impl AppState {
+    /// The window a request asks for, checked against the limits.
+    pub fn window(&self, params: &params::QueryParams) -> Result<params::Window, ApiError> {
+        let now = chrono::Utc::now();
+        let window = params::Window::from_params(params, now, self.max_window)?;
+        let rules = shared::wire::ValidationRules {
+            retention_days: Some(self.retention_days),
+            ..Default::default()
+        };
+        match rules.retention_cutoff(now) {
+            Some(cutoff) if window.from < cutoff => Err(ApiError::BadRequest(format!(
+                "from is before the {}-day retention of raw readings ({}): a window's edges need them",
+                self.retention_days,
+                shared::wire::format_timestamp(cutoff)
+            ))),
+            _ => Ok(window),
+        }
+    }
 }
 
 /// Runs the API on `listener` until `shutdown` completes. Refuses to start
@@ -88,6 +114,7 @@ pub async fn serve(
     let state = AppState {
         pool,
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
+        retention_days: args.retention_days,
         thresholds: fleet::Thresholds {
             healthy: args.healthy_efficiency,
             warning: args.warning_efficiency,

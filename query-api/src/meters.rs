@@ -5,12 +5,11 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use chrono::Utc;
 use serde::Serialize;
 use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
-use crate::params::{device_id, QueryParams, Window};
+use crate::params::{device_id, QueryParams};
 use crate::AppState;
 
 /// The window cut at whole hours exactly as in [`crate::performance`].
@@ -89,7 +88,7 @@ pub async fn analytics(
     let Path(raw_id) = raw_id?;
     let meter = device_id("meterId", &raw_id)?;
     let params = QueryParams::parse(query.as_deref())?;
-    let window = Window::from_params(&params, Utc::now(), state.max_window)?;
+    let window = state.window(&params)?;
     let row: StatsRow = sqlx::query_as(METER_STATS_SQL)
         .bind(meter.as_str())
         .bind(window.from)

@@ -19,7 +19,6 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use chrono::Utc;
 use serde::Serialize;
 use shared::domain::DeviceId;
 use shared::wire::format_timestamp;
@@ -46,7 +45,7 @@ use crate::AppState;
 /// range scan on (device id, time) in the partitions of the edge days.
 pub const PERFORMANCE_SQL: &str = concat!(
     "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
-    crate::spans_cte!(),
+    crate::spans_cte!("$2", "$3"),
     ",\n",
     crate::meter_cut_cte!("$2", "$3", "true"),
     ",\n",
@@ -180,7 +179,7 @@ async fn respond(
     params: &QueryParams,
 ) -> Result<Json<Performance>, ApiError> {
     let vehicle = device_id("vehicleId", raw_id)?;
-    let window = Window::from_params(params, Utc::now(), state.max_window)?;
+    let window = state.window(params)?;
     match vehicle_performance(&state.pool, &vehicle, window).await? {
         Some(performance) => Ok(Json(performance)),
         None => Err(ApiError::NotFound(format!(

@@ -16,7 +16,7 @@ use serde::Serialize;
 use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
-use crate::params::{device_id, QueryParams, Window};
+use crate::params::{device_id, QueryParams};
 use crate::performance::efficiency;
 use crate::AppState;
 
@@ -27,7 +27,7 @@ pub const MAX_POINTS: i64 = 2_000;
 /// hours may come from rollups (bucket sizes of an hour or more).
 pub const SERIES_SQL: &str = concat!(
     "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
-    crate::spans_cte!(),
+    crate::spans_cte!("$2", "$3"),
     ",\n",
     crate::meter_cut_cte!("$2", "$3", "$5"),
     ",\n",
@@ -159,7 +159,7 @@ pub async fn series(
     let Path(raw_id) = raw_id?;
     let vehicle = device_id("vehicleId", &raw_id)?;
     let params = QueryParams::parse(query.as_deref())?;
-    let window = Window::from_params(&params, Utc::now(), state.max_window)?;
+    let window = state.window(&params)?;
     let bucket = Bucket::parse(params.get("bucket").unwrap_or("1h"))?;
     let first_end = bucket.end_of(window.from + TimeDelta::microseconds(1));
     let last_end = bucket.end_of(window.to);

@@ -18,11 +18,14 @@
 //! the interval `(start - 1µs, end - 1µs]` on PostgreSQL's microsecond grid.
 
 /// `spans(vehicle_id, meter_id, starts_at, ends_at)` of the vehicles in a
-/// preceding CTE `wanted(vehicle_id)`; `ends_at` is NULL while open.
+/// preceding CTE `wanted(vehicle_id)` that can matter for the window
+/// `($from, $to]`; `ends_at` is NULL while open. Assignments before a
+/// vehicle's last event at or before `$from` ended by then, so the query
+/// reads only a few per vehicle however long the assignment history.
 #[macro_export]
 macro_rules! spans_cte {
-    () => {
-        "spans AS (
+    ($from:literal, $to:literal) => {
+        concat!("spans AS (
     SELECT a.vehicle_id, a.meter_id, a.starts_at,
            LEAST(
                (SELECT min(n.starts_at) FROM assignments n
@@ -33,6 +36,11 @@ macro_rules! spans_cte {
            ) AS ends_at
     FROM wanted w JOIN assignments a ON a.vehicle_id = w.vehicle_id
     WHERE a.meter_id IS NOT NULL
+      AND a.starts_at <= ", $to, "
+      AND a.starts_at >= coalesce(
+              (SELECT max(p.starts_at) FROM assignments p
+                WHERE p.vehicle_id = w.vehicle_id AND p.starts_at <= ", $from, "),
+              '-infinity')
     UNION ALL
     SELECT w.vehicle_id, w.vehicle_id, '-infinity'::timestamptz,
            LEAST(
@@ -41,7 +49,7 @@ macro_rules! spans_cte {
                  WHERE o.meter_id = w.vehicle_id AND o.vehicle_id <> w.vehicle_id)
            )
     FROM wanted w
-)"
+)")
     };
 }
 

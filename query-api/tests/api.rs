@@ -317,6 +317,15 @@ async fn errors_are_json_with_the_right_status() {
             "meterId must not start or end with whitespace",
         ),
         ("/no/such/route".into(), 404, "no such route"),
+        (
+            format!(
+                "/v1/analytics/performance/V-1?from={}&to={}",
+                format_timestamp(Utc::now() - TimeDelta::days(100)),
+                format_timestamp(Utc::now() - TimeDelta::days(99))
+            ),
+            400,
+            "from is before the 90-day retention of raw readings",
+        ),
         ("/v1/vehicles/%FF".into(), 400, "invalid path"),
     ];
     for (path, status, error) in cases {

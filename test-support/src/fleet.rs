@@ -13,13 +13,15 @@ use sqlx::PgPool;
 use crate::kafka::RawMessage;
 use crate::readings::{key_of, meter, vehicle};
 
-/// Per device: number of readings, sum of kWh, and (event time, value) of
-/// the newest reading, which current state must hold.
+/// Per device: number of readings, sum of kWh, (event time, value) of the
+/// newest reading, which current state must hold, and (readings, kWh) as
+/// the hourly rollups count them, which must equal the first two.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeviceTotals {
     pub readings: i64,
     pub kwh: f64,
     pub newest: Option<(DateTime<Utc>, f64)>,
+    pub rolled_up: (i64, f64),
 }
 
 /// What the database must hold once every reading of a [`Fleet`] is stored.
@@ -70,6 +72,7 @@ impl Fleet {
             };
             totals.readings += 1;
             totals.kwh += energy;
+            totals.rolled_up = (totals.readings, totals.kwh);
             if totals.newest.is_none_or(|(newest_at, _)| newest_at < at) {
                 totals.newest = Some((at, newest_value));
             }
@@ -100,8 +103,11 @@ type TotalsRow = (String, i64, f64, Option<DateTime<Utc>>, Option<f64>);
 
 /// Reads what the database holds, in the shape of [`Expected`].
 pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
-    let collect = |rows: Vec<TotalsRow>| -> BTreeMap<String, DeviceTotals> {
-        rows.into_iter()
+    let collect = |rows: Vec<TotalsRow>,
+                   rollups: Vec<(String, i64, f64)>|
+     -> BTreeMap<String, DeviceTotals> {
+        let mut devices: BTreeMap<String, DeviceTotals> = rows
+            .into_iter()
             .map(|(id, readings, kwh, at, value)| {
                 let newest = at.zip(value);
                 (
@@ -110,10 +116,15 @@ pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
                         readings,
                         kwh,
                         newest,
+                        rolled_up: (0, 0.0),
                     },
                 )
             })
-            .collect()
+            .collect();
+        for (id, readings, kwh) in rollups {
+            devices.entry(id).or_default().rolled_up = (readings, kwh);
+        }
+        devices
     };
     let vehicles: Vec<TotalsRow> = sqlx::query_as(
         "SELECT r.vehicle_id, count(*), sum(r.kwh_delivered_dc), c.recorded_at, c.soc
@@ -129,9 +140,18 @@ pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
+    let vehicle_rollups: Vec<(String, i64, f64)> =
+        sqlx::query_as("SELECT vehicle_id, sum(readings)::bigint, sum(sum_dc) FROM vehicle_hourly GROUP BY vehicle_id")
+            .fetch_all(pool)
+            .await?;
+    let meter_rollups: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT meter_id, sum(readings)::bigint, sum(sum_ac) FROM meter_hourly GROUP BY meter_id",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(Expected {
-        vehicles: collect(vehicles),
-        meters: collect(meters),
+        vehicles: collect(vehicles, vehicle_rollups),
+        meters: collect(meters, meter_rollups),
     })
 }
 

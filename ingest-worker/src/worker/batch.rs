@@ -143,22 +143,59 @@ impl Batch {
         }
     }
 
+    /// Moves readings older than the retention cutoff at `now` to the rejects,
+    /// with the same reason the decoder gives.
+    pub fn reject_expired(&mut self, rules: &ValidationRules, now: DateTime<Utc>) {
+        let Some(cutoff) = rules.retention_cutoff(now) else {
+            return;
+        };
+        let keep: Vec<bool> = self
+            .readings
+            .iter()
+            .map(|reading| match reading {
+                Reading::Vehicle(v) => v.recorded_at.instant() >= cutoff,
+                Reading::Meter(m) => m.recorded_at.instant() >= cutoff,
+                Reading::Assignment(_) => true,
+            })
+            .collect();
+        if keep.iter().all(|&k| k) {
+            return;
+        }
+        let reason = format!(
+            "invalid reading: timestamp is older than the {}-day retention (before {})",
+            rules.retention_days.unwrap_or_default(),
+            shared::wire::format_timestamp(cutoff)
+        );
+        for (index, _) in keep.iter().enumerate().filter(|(_, &k)| !k) {
+            let rejected = self.reject_reading(index, reason.clone());
+            self.rejected.push(rejected);
+        }
+        self.retain_readings(&keep);
+    }
+
     /// Forgets everything read from `partitions` (revoked in a rebalance):
     /// none of it was committed, so the partitions' new owner reads it again.
     pub fn drop_partitions(&mut self, partitions: &[i32]) {
         if partitions.is_empty() || self.is_empty() {
             return;
         }
-        let mut keep = self
+        let keep: Vec<bool> = self
             .origins
             .iter()
-            .map(|origin| !partitions.contains(&origin.partition));
-        self.readings.retain(|_| keep.next().unwrap_or(true));
-        self.origins
-            .retain(|origin| !partitions.contains(&origin.partition));
+            .map(|o| !partitions.contains(&o.partition))
+            .collect();
+        self.retain_readings(&keep);
         self.rejected
             .retain(|rejected| !partitions.contains(&rejected.partition));
         self.last_offsets
             .retain(|partition, _| !partitions.contains(partition));
+    }
+
+    /// Keeps the readings (and their origins) whose flag in `keep` is set.
+    fn retain_readings(&mut self, keep: &[bool]) {
+        let mut flags = keep.iter();
+        self.readings.retain(|_| *flags.next().unwrap_or(&true));
+        let mut flags = keep.iter();
+        self.origins.retain(|_| *flags.next().unwrap_or(&true));
     }
 }

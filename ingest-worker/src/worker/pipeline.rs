@@ -115,6 +115,12 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
 /// then the offsets. A crash anywhere before the offsets re-reads the batch.
 #[tracing::instrument(skip_all, fields(messages = batch.len(), rejected = batch.rejected.len()))]
 async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
+    // Revocations served by a recv() that then returned no message have not
+    // been applied yet: a timer or shutdown flush must not write them.
+    batch.drop_partitions(&sink.consumer.context().take_revoked());
+    // A reading that passed the retention check when it arrived may have
+    // aged past it since (midnight): its day's partition may be gone.
+    batch.reject_expired(&sink.rules, Utc::now());
     if batch.is_empty() {
         return Ok(());
     }
@@ -191,13 +197,29 @@ async fn write_isolating_refused(
             continue;
         }
         let readings = &batch.readings[range.clone()];
+        let write = || async {
+            let result = store::write_batch(&sink.pool, readings).await;
+            if let Err(WriteError::MissingPartition(_)) = &result {
+                // Dropped by hand, or upkeep has not run: recreate, then retry.
+                if let Err(error) = sink
+                    .partitions
+                    .maintain(&sink.pool, Utc::now().date_naive())
+                    .await
+                {
+                    tracing::warn!(%error, "partition upkeep failed");
+                }
+            }
+            result
+        };
         let attempt = retry(
             sink,
             "batch write",
-            || store::write_batch(&sink.pool, readings),
+            write,
             |error: &WriteError| match error {
                 WriteError::Data(_) => Decision::GiveBack,
-                WriteError::Transient(_) | WriteError::Permanent(_) => Decision::Retry,
+                WriteError::Transient(_)
+                | WriteError::MissingPartition(_)
+                | WriteError::Permanent(_) => Decision::Retry,
             },
         )
         .await?;

@@ -40,6 +40,10 @@ pub enum WriteError {
     /// never be stored, and the others can be.
     #[error("the database refused a row of the batch")]
     Data(#[source] sqlx::Error),
+    /// A row's day has no partition (dropped by hand, or upkeep behind): the
+    /// data is fine and must not be dead-lettered; recreate and retry.
+    #[error("no partition for a row of the batch")]
+    MissingPartition(#[source] sqlx::Error),
     /// Anything else (missing table, permissions, ...): not the data's fault,
     /// so nothing may be dropped; an operator has to fix it.
     #[error("database rejected the batch")]
@@ -64,8 +68,14 @@ impl std::ops::AddAssign for BatchOutcome {
 fn classify(error: sqlx::Error) -> WriteError {
     let is_data_error = matches!(&error, sqlx::Error::Database(db)
         if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")));
+    // PostgreSQL reports a row without a partition as check_violation (23514),
+    // a data error by class; only its message tells it apart.
+    let is_missing_partition = matches!(&error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23514") && db.message().starts_with("no partition of relation"));
     if shared::db::is_transient(&error) {
         WriteError::Transient(error)
+    } else if is_missing_partition {
+        WriteError::MissingPartition(error)
     } else if is_data_error {
         WriteError::Data(error)
     } else {
