@@ -21,7 +21,7 @@ use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
 use crate::params::QueryParams;
-use crate::performance::efficiency;
+use crate::performance::Charging;
 use crate::AppState;
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -119,15 +119,9 @@ struct FleetRow {
 #[serde(rename_all = "camelCase")]
 pub struct FleetVehicle {
     pub vehicle_id: String,
-    pub efficiency: Option<f64>,
     pub status: Health,
-    #[serde(rename = "sumDC")]
-    pub sum_dc: f64,
-    #[serde(rename = "sumAC")]
-    pub sum_ac: f64,
-    pub avg_battery_temp: f64,
-    pub vehicle_readings: i64,
-    pub meter_readings: i64,
+    #[serde(flatten)]
+    pub charging: Charging,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,16 +193,17 @@ pub async fn fleet(
     let mut vehicles: Vec<FleetVehicle> = rows
         .into_iter()
         .map(|row| {
-            let efficiency = efficiency(row.sum_dc, row.sum_ac);
+            let charging = Charging::new(
+                row.vehicle_readings,
+                row.sum_dc,
+                Some(row.avg_battery_temp),
+                row.meter_readings,
+                row.sum_ac,
+            );
             FleetVehicle {
-                status: state.thresholds.classify(efficiency),
-                efficiency,
+                status: state.thresholds.classify(charging.efficiency),
+                charging,
                 vehicle_id: row.vehicle_id,
-                sum_dc: row.sum_dc,
-                sum_ac: row.sum_ac,
-                avg_battery_temp: row.avg_battery_temp,
-                vehicle_readings: row.vehicle_readings,
-                meter_readings: row.meter_readings,
             }
         })
         .filter(|v| {
@@ -217,13 +212,19 @@ pub async fn fleet(
                 .is_none_or(|wanted| wanted.contains(&v.status))
         })
         .collect();
-    vehicles.sort_by(|a, b| ranking((a.efficiency, &a.vehicle_id), (b.efficiency, &b.vehicle_id)));
+    vehicles.sort_by(|a, b| {
+        ranking(
+            (a.charging.efficiency, &a.vehicle_id),
+            (b.charging.efficiency, &b.vehicle_id),
+        )
+    });
     let total = vehicles.len();
     let start = match &after {
         Some((efficiency, id)) => vehicles
             .iter()
             .position(|v| {
-                ranking((v.efficiency, &v.vehicle_id), (*efficiency, id)) == Ordering::Greater
+                ranking((v.charging.efficiency, &v.vehicle_id), (*efficiency, id))
+                    == Ordering::Greater
             })
             .unwrap_or(total),
         None => 0,
@@ -232,7 +233,7 @@ pub async fn fleet(
     let next_cursor = if page.len() > limit {
         page.truncate(limit);
         page.last()
-            .map(|v| encode_cursor(v.efficiency, &v.vehicle_id))
+            .map(|v| encode_cursor(v.charging.efficiency, &v.vehicle_id))
     } else {
         None
     };

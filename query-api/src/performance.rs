@@ -82,11 +82,12 @@ SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
 FROM vehicle v"
 );
 
-/// The original API's response shape.
+/// DC against AC over some interval: the figures every analytics answer
+/// (one window, one bucket, one vehicle of the fleet) reports, in the
+/// original API's field names.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Performance {
-    pub vehicle_id: String,
+pub struct Charging {
     #[serde(rename = "sumDC")]
     pub sum_dc: f64,
     #[serde(rename = "sumAC")]
@@ -94,12 +95,40 @@ pub struct Performance {
     /// 100 × DC / AC rounded to 2 decimals; `null` when no AC was drawn.
     pub efficiency: Option<f64>,
     pub avg_battery_temp: Option<f64>,
+    pub vehicle_readings: i64,
+    pub meter_readings: i64,
+}
+
+impl Charging {
+    pub fn new(
+        vehicle_readings: i64,
+        sum_dc: f64,
+        avg_battery_temp: Option<f64>,
+        meter_readings: i64,
+        sum_ac: f64,
+    ) -> Self {
+        Self {
+            sum_dc,
+            sum_ac,
+            efficiency: efficiency(sum_dc, sum_ac),
+            avg_battery_temp,
+            vehicle_readings,
+            meter_readings,
+        }
+    }
+}
+
+/// The original API's response shape.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Performance {
+    pub vehicle_id: String,
+    #[serde(flatten)]
+    pub charging: Charging,
     pub from: String,
     pub to: String,
     /// Meters whose readings counted towards `sumAC`.
     pub meter_ids: Vec<String>,
-    pub vehicle_readings: i64,
-    pub meter_readings: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -133,18 +162,18 @@ pub async fn vehicle_performance(
     if row.vehicle_readings == 0 {
         return Ok(None);
     }
-    let efficiency = efficiency(row.sum_dc, row.sum_ac);
     Ok(Some(Performance {
         vehicle_id: vehicle.to_string(),
-        sum_dc: row.sum_dc,
-        sum_ac: row.sum_ac,
-        efficiency,
-        avg_battery_temp: row.avg_battery_temp,
+        charging: Charging::new(
+            row.vehicle_readings,
+            row.sum_dc,
+            row.avg_battery_temp,
+            row.meter_readings,
+            row.sum_ac,
+        ),
         from: format_timestamp(window.from),
         to: format_timestamp(window.to),
         meter_ids: row.meter_ids,
-        vehicle_readings: row.vehicle_readings,
-        meter_readings: row.meter_readings,
     }))
 }
 

@@ -17,7 +17,7 @@ use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
-use crate::performance::efficiency;
+use crate::performance::Charging;
 use crate::AppState;
 
 /// Most points one series may have.
@@ -120,14 +120,8 @@ impl Bucket {
 pub struct Point {
     pub start: String,
     pub end: String,
-    #[serde(rename = "sumDC")]
-    pub sum_dc: f64,
-    #[serde(rename = "sumAC")]
-    pub sum_ac: f64,
-    pub efficiency: Option<f64>,
-    pub avg_battery_temp: Option<f64>,
-    pub vehicle_readings: i64,
-    pub meter_readings: i64,
+    #[serde(flatten)]
+    pub charging: Charging,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,12 +196,13 @@ pub async fn series(
         points.push(Point {
             start: format_timestamp((end - bucket.size).max(window.from)),
             end: format_timestamp(end.min(window.to)),
-            sum_dc,
-            sum_ac,
-            efficiency: efficiency(sum_dc, sum_ac),
-            avg_battery_temp: (vehicle_readings > 0).then(|| sum_temp / vehicle_readings as f64),
-            vehicle_readings,
-            meter_readings,
+            charging: Charging::new(
+                vehicle_readings,
+                sum_dc,
+                (vehicle_readings > 0).then(|| sum_temp / vehicle_readings as f64),
+                meter_readings,
+                sum_ac,
+            ),
         });
         end += bucket.size;
     }
