@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use shared::domain::DeviceId;
+use shared::domain::{DeviceId, EventTime};
 
 use crate::error::ApiError;
 
@@ -70,6 +70,8 @@ impl Window {
             Some(raw) => timestamp("from", raw)?,
             None => to - DEFAULT_WINDOW,
         };
+        // PostgreSQL keeps microseconds: bounds are compared, and reported, at that precision.
+        let (from, to) = (EventTime::new(from).instant(), EventTime::new(to).instant());
         if from >= to {
             return Err(ApiError::BadRequest("from must be earlier than to".into()));
         }
