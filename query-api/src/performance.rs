@@ -2,19 +2,10 @@
 //! DC energy the vehicle stored against AC energy its meters drew while they
 //! were assigned to it.
 //!
-//! Which meter counts is decided by assignments in event time: an assignment
-//! of vehicle V to meter M at `start` holds until V's next assignment event,
-//! or until M is assigned to another vehicle, whichever comes first; a meter
-//! reading at `r` counts when `start <= r < end`. If one meter is assigned to
-//! two vehicles at the same instant, the vehicle with the greater id gets it
-//! (an arbitrary but deterministic rule: the meter's AC is never counted twice).
-//!
-//! A vehicle that has not had an assignment yet is paired with the meter of
-//! the same id (so the original API's examples, id "1" for both, work): that
-//! implicit pairing runs from the beginning of time until the vehicle's first
-//! assignment event or until that meter is first assigned to another
-//! vehicle. Ends are derived in the query rather than stored, so assignments
-//! may arrive in any order.
+//! Which meter counts for the vehicle (assignments in event time, the
+//! implicit pairing by equal id, ties) and how each interval is read
+//! (rollups for whole hours, raw readings at the edges) are described once,
+//! in [`crate::sql`].
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};

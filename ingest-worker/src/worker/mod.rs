@@ -2,9 +2,10 @@
 //! writes it to PostgreSQL in batches.
 //!
 //! The loop collects messages until the batch is full or its oldest message
-//! has waited `batch_max_wait`, then flushes: rejects to the dead-letter
-//! topic, readings to PostgreSQL in one transaction ([`store::write_batch`]),
-//! and only then the batch's offsets are stored for the next commit. A crash
+//! has waited `batch_max_wait`, then flushes: readings to PostgreSQL in one
+//! transaction ([`store::write_batch`]; readings the database refuses are
+//! isolated), then rejects to the dead-letter topic, and only then the
+//! batch's offsets are stored for the next commit. A crash
 //! anywhere before that re-reads the batch, and the database's primary keys
 //! turn the re-read into no-ops: nothing is lost, nothing is doubled.
 //!
