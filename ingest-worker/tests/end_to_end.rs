@@ -362,3 +362,21 @@ async fn the_golden_fixture_gives_the_expected_analytics() {
     }
     assert_eq!(checked, 36, "three windows of twelve vehicles");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn librdkafka_settings_from_the_environment_reach_the_clients() {
+    // A property librdkafka does not know makes the client refuse to start,
+    // naming it: proof the KAFKA_* variable got through.
+    let kafka = MockKafka::start(&[(TOPIC, 1)]);
+    let mut gateway = Service::start(
+        "ingest-gateway",
+        &[],
+        &[
+            ("KAFKA_BROKERS", kafka.bootstrap()),
+            ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
+            ("KAFKA_NO_SUCH_SETTING", "1".to_owned()),
+        ],
+    );
+    assert!(!gateway.wait_exit(Duration::from_secs(30)).success());
+    gateway.wait_for_log("no.such.setting", Duration::from_secs(5));
+}

@@ -239,10 +239,11 @@ async fn ensure_topics_exist(brokers: &str, topics: &[&str]) -> anyhow::Result<(
     let brokers = brokers.to_owned();
     let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("allow.auto.create.topics", "false")
-            .create()
+let client: BaseConsumer = crate::kafka::client_config(
+            &[("bootstrap.servers", brokers.clone())],
+            &[("allow.auto.create.topics", "false")],
+        )
+        .create()
             .context("cannot create the Kafka metadata client")?;
         let mut backoff = shared::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         for topic in &topics {
@@ -268,30 +269,35 @@ async fn ensure_topics_exist(brokers: &str, topics: &[&str]) -> anyhow::Result<(
 }
 
 fn consumer_config(args: &WorkerArgs) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &args.kafka.kafka_brokers)
-        .set("group.id", &args.kafka_group_id)
-        .set("auto.offset.reset", "earliest")
+    let session_timeout = args.kafka_session_timeout_ms;
+    crate::kafka::client_config(
+        &[
+            ("bootstrap.servers", args.kafka.kafka_brokers.clone()),
+            ("group.id", args.kafka_group_id.clone()),
+            ("auto.offset.reset", "earliest".to_owned()),
+            ("auto.commit.interval.ms", "1000".to_owned()),
+            // Cooperative rebalancing moves only the partitions that change
+            // owner; the others keep flowing while a worker joins or leaves.
+            (
+                "partition.assignment.strategy",
+                "cooperative-sticky".to_owned(),
+            ),
+            ("session.timeout.ms", session_timeout.to_string()),
+            (
+                "heartbeat.interval.ms",
+                (session_timeout / 3).max(100).to_string(),
+            ),
+            // Bound the prefetch queue: memory stays flat whatever the backlog.
+            ("queued.max.messages.kbytes", "32768".to_owned()),
+            ("fetch.max.bytes", "16777216".to_owned()),
+            ("enable.partition.eof", "false".to_owned()),
+        ],
         // Offsets are stored by hand after the batch's transaction commits and
-        // the background auto-commit sends only those (Vector's pattern).
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        // Cooperative rebalancing moves only the partitions that change owner;
-        // the others keep flowing while a worker joins or leaves.
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set(
-            "session.timeout.ms",
-            args.kafka_session_timeout_ms.to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (args.kafka_session_timeout_ms / 3).max(100).to_string(),
-        )
-        // Bound the prefetch queue: memory stays flat whatever the backlog.
-        .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.max.bytes", "16777216")
-        .set("enable.partition.eof", "false");
-    config
+        // the background auto-commit sends only those (Vector's pattern):
+        // the guarantee rests on these two, so no override may change them.
+        &[
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+        ],
+    )
 }
