@@ -32,6 +32,15 @@ async fn history_and_rollups(
     )
 }
 
+/// The state of charge current state holds for `vehicle`.
+async fn current_soc(db: &TestDatabase, vehicle: &str) -> f64 {
+    sqlx::query_scalar("SELECT soc FROM vehicles_current WHERE vehicle_id = $1")
+        .bind(vehicle)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
 fn batch(values: &[serde_json::Value]) -> Vec<Reading> {
     values.iter().map(decode).collect()
 }
@@ -165,11 +174,7 @@ async fn current_state_never_moves_back_in_event_time() {
     write_batch(&db.pool, &batch(&[vehicle("V-1", t(10), 11.0, 1.0, 20.0)]))
         .await
         .unwrap();
-    let soc: f64 = sqlx::query_scalar("SELECT soc FROM vehicles_current WHERE vehicle_id = 'V-1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(soc, 80.0);
+    assert_eq!(current_soc(&db, "V-1").await, 80.0);
     // Several readings of one device in a batch collapse to the newest.
     write_batch(
         &db.pool,
@@ -181,11 +186,7 @@ async fn current_state_never_moves_back_in_event_time() {
     )
     .await
     .unwrap();
-    let soc: f64 = sqlx::query_scalar("SELECT soc FROM vehicles_current WHERE vehicle_id = 'V-1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(soc, 84.0);
+    assert_eq!(current_soc(&db, "V-1").await, 84.0);
 }
 
 #[tokio::test]

@@ -1,62 +1,14 @@
 //! The real query API on port 0 against a fresh database, seeded with SQL,
 //! answering over HTTP with values this test computes on its own.
 
-use std::time::Duration;
-
 use chrono::{DateTime, TimeDelta, Utc};
-use clap::Parser;
-use query_api::QueryArgs;
 use serde_json::{json, Value};
 use shared::wire::format_timestamp;
 use sqlx::PgPool;
-use test_support::postgres::{fresh_database, fresh_unmigrated_database, TestDatabase};
-use tokio::sync::oneshot;
+use test_support::postgres::{fresh_database, fresh_unmigrated_database};
 
-struct Api {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn args(db: &TestDatabase) -> QueryArgs {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        query: QueryArgs,
-    }
-    Cli::parse_from(["query-api", &format!("--database-url={}", db.url)]).query
-}
-
-impl Api {
-    async fn start(db: &TestDatabase) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(query_api::serve(args(db), listener, async {
-            let _ = stopped.await;
-        }));
-        test_support::process::wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(10))
-            .await;
-        Self {
-            url,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn get(&self, path_and_query: &str) -> (u16, Value) {
-        let response = reqwest::get(format!("{}{path_and_query}", self.url))
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
+mod common;
+use common::{args, Api};
 
 /// Minute `m` after a fixed origin, as the domain's worked example counts time.
 fn t(origin: DateTime<Utc>, minutes: f64) -> DateTime<Utc> {

@@ -2,45 +2,14 @@
 //! worker's write path: the fleet ranking, time series and meter statistics
 //! agree with the per-vehicle endpoint and with plain SQL over raw history.
 
-use std::time::Duration;
-
 use chrono::{DateTime, TimeDelta, Utc};
-use clap::Parser;
-use query_api::QueryArgs;
 use serde_json::Value;
 use shared::wire::format_timestamp;
 use test_support::postgres::{fresh_database, TestDatabase};
 use test_support::readings::{assignment, decode, meter, vehicle};
 
-struct Api {
-    url: String,
-    _task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start_api(db: &TestDatabase) -> Api {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        query: QueryArgs,
-    }
-    let args = Cli::parse_from(["query-api", &format!("--database-url={}", db.url)]).query;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(query_api::serve(args, listener, std::future::pending()));
-    test_support::process::wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(10)).await;
-    Api { url, _task: task }
-}
-
-async fn get(api: &Api, path: &str, query: &[(&str, String)]) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", api.url))
-        .query(query)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
+mod common;
+use common::Api;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
@@ -116,10 +85,10 @@ fn window(
 async fn fleet_ranks_every_vehicle_worst_first_and_pages_through_them() {
     let db = fresh_database().await;
     let origin = seed(&db).await;
-    let api = start_api(&db).await;
+    let api = Api::start(&db).await;
     let query = window(origin, 17, 343);
 
-    let (status, all) = get(&api, "/v1/analytics/fleet", &query).await;
+    let (status, all) = api.get_with("/v1/analytics/fleet", &query).await;
     assert_eq!(status, 200, "{all}");
     let vehicles = all["vehicles"].as_array().unwrap();
     let ids: Vec<&str> = vehicles
@@ -141,7 +110,9 @@ async fn fleet_ranks_every_vehicle_worst_first_and_pages_through_them() {
     // Each entry equals what the per-vehicle endpoint says for the same window.
     for entry in vehicles {
         let id = entry["vehicleId"].as_str().unwrap();
-        let (status, single) = get(&api, &format!("/v1/analytics/performance/{id}"), &query).await;
+        let (status, single) = api
+            .get_with(&format!("/v1/analytics/performance/{id}"), &query)
+            .await;
         assert_eq!(status, 200);
         for field in ["sumDC", "sumAC", "avgBatteryTemp"] {
             assert!(
@@ -166,7 +137,7 @@ async fn fleet_ranks_every_vehicle_worst_first_and_pages_through_them() {
         if let Some(cursor) = &cursor {
             page_query.push(("cursor", cursor.clone()));
         }
-        let (status, page) = get(&api, "/v1/analytics/fleet", &page_query).await;
+        let (status, page) = api.get_with("/v1/analytics/fleet", &page_query).await;
         assert_eq!(status, 200, "{page}");
         paged.extend(
             page["vehicles"]
@@ -184,7 +155,7 @@ async fn fleet_ranks_every_vehicle_worst_first_and_pages_through_them() {
 
     let mut filtered = query.clone();
     filtered.push(("status", "CRITICAL,WARNING".to_owned()));
-    let (_, page) = get(&api, "/v1/analytics/fleet", &filtered).await;
+    let (_, page) = api.get_with("/v1/analytics/fleet", &filtered).await;
     let ids: Vec<&str> = page["vehicles"]
         .as_array()
         .unwrap()
@@ -208,7 +179,7 @@ async fn fleet_ranks_every_vehicle_worst_first_and_pages_through_them() {
     ] {
         let mut bad = query.clone();
         bad.push((param, value.to_owned()));
-        let (status, body) = get(&api, "/v1/analytics/fleet", &bad).await;
+        let (status, body) = api.get_with("/v1/analytics/fleet", &bad).await;
         assert_eq!(
             (
                 status,
@@ -227,7 +198,7 @@ async fn fleet_ranks_every_vehicle_worst_first_and_pages_through_them() {
 async fn series_points_equal_the_performance_of_their_own_windows() {
     let db = fresh_database().await;
     let origin = seed(&db).await;
-    let api = start_api(&db).await;
+    let api = Api::start(&db).await;
 
     for (bucket, from, to) in [
         ("1h", 17, 343),
@@ -237,7 +208,9 @@ async fn series_points_equal_the_performance_of_their_own_windows() {
     ] {
         let mut query = window(origin, from, to);
         query.push(("bucket", bucket.to_owned()));
-        let (status, series) = get(&api, "/v1/analytics/performance/F-SWITCH/series", &query).await;
+        let (status, series) = api
+            .get_with("/v1/analytics/performance/F-SWITCH/series", &query)
+            .await;
         assert_eq!(status, 200, "{series}");
         let points = series["points"].as_array().unwrap();
         assert_eq!(
@@ -250,15 +223,15 @@ async fn series_points_equal_the_performance_of_their_own_windows() {
         );
         let mut total_dc = 0.0;
         for point in points {
-            let (status, single) = get(
-                &api,
-                "/v1/analytics/performance/F-SWITCH",
-                &[
-                    ("from", point["start"].as_str().unwrap().to_owned()),
-                    ("to", point["end"].as_str().unwrap().to_owned()),
-                ],
-            )
-            .await;
+            let (status, single) = api
+                .get_with(
+                    "/v1/analytics/performance/F-SWITCH",
+                    &[
+                        ("from", point["start"].as_str().unwrap().to_owned()),
+                        ("to", point["end"].as_str().unwrap().to_owned()),
+                    ],
+                )
+                .await;
             if point["vehicleReadings"] == 0 {
                 assert_eq!(status, 404);
                 continue;
@@ -284,12 +257,12 @@ async fn series_points_equal_the_performance_of_their_own_windows() {
             );
             total_dc += point["sumDC"].as_f64().unwrap();
         }
-        let (_, whole) = get(
-            &api,
-            "/v1/analytics/performance/F-SWITCH",
-            &window(origin, from, to),
-        )
-        .await;
+        let (_, whole) = api
+            .get_with(
+                "/v1/analytics/performance/F-SWITCH",
+                &window(origin, from, to),
+            )
+            .await;
         assert!(
             close(total_dc, whole["sumDC"].as_f64().unwrap()),
             "{bucket}"
@@ -303,20 +276,26 @@ async fn series_points_equal_the_performance_of_their_own_windows() {
             if bucket == "1h" { 343 } else { 167 },
         );
         query.push(("bucket", bucket.to_owned()));
-        let (_, series) = get(&api, "/v1/analytics/performance/F-SWITCH/series", &query).await;
+        let (_, series) = api
+            .get_with("/v1/analytics/performance/F-SWITCH/series", &query)
+            .await;
         assert_eq!(series["points"].as_array().unwrap().len(), n, "{bucket}");
     }
 
     let mut bad = window(origin, 0, 60);
     bad.push(("bucket", "2h".to_owned()));
-    let (status, body) = get(&api, "/v1/analytics/performance/F-SWITCH/series", &bad).await;
+    let (status, body) = api
+        .get_with("/v1/analytics/performance/F-SWITCH/series", &bad)
+        .await;
     assert_eq!(
         (status, body["error"].clone()),
         (400, Value::from("bucket must be one of 5m, 15m, 1h, 1d"))
     );
     let mut too_many = window(origin, -20 * 24 * 60, 0);
     too_many.push(("bucket", "5m".to_owned()));
-    let (status, body) = get(&api, "/v1/analytics/performance/F-SWITCH/series", &too_many).await;
+    let (status, body) = api
+        .get_with("/v1/analytics/performance/F-SWITCH/series", &too_many)
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("more than 2000"),
@@ -328,12 +307,14 @@ async fn series_points_equal_the_performance_of_their_own_windows() {
 async fn meter_statistics_equal_plain_sql_over_raw_readings() {
     let db = fresh_database().await;
     let origin = seed(&db).await;
-    let api = start_api(&db).await;
+    let api = Api::start(&db).await;
     let (from, to) = (
         origin + TimeDelta::minutes(17),
         origin + TimeDelta::minutes(343),
     );
-    let (status, body) = get(&api, "/v1/meters/F-78/analytics", &window(origin, 17, 343)).await;
+    let (status, body) = api
+        .get_with("/v1/meters/F-78/analytics", &window(origin, 17, 343))
+        .await;
     assert_eq!(status, 200, "{body}");
     let raw: (i64, f64, f64, f64, f64, f64, f64) = sqlx::query_as(
         "SELECT count(*), sum(kwh_consumed_ac), min(kwh_consumed_ac), max(kwh_consumed_ac),
@@ -369,12 +350,9 @@ async fn meter_statistics_equal_plain_sql_over_raw_readings() {
     );
     assert!(close(voltage["mean"].as_f64().unwrap(), raw.6));
 
-    let (status, body) = get(
-        &api,
-        "/v1/meters/NO-SUCH/analytics",
-        &window(origin, 17, 343),
-    )
-    .await;
+    let (status, body) = api
+        .get_with("/v1/meters/NO-SUCH/analytics", &window(origin, 17, 343))
+        .await;
     assert_eq!(
         (
             status,
@@ -385,11 +363,11 @@ async fn meter_statistics_equal_plain_sql_over_raw_readings() {
         ),
         (404, true)
     );
-    let (status, _) = get(
-        &api,
-        "/v1/meters/F-78/analytics",
-        &[("from", "yesterday".to_owned())],
-    )
-    .await;
+    let (status, _) = api
+        .get_with(
+            "/v1/meters/F-78/analytics",
+            &[("from", "yesterday".to_owned())],
+        )
+        .await;
     assert_eq!(status, 400);
 }
