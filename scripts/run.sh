@@ -74,7 +74,10 @@ wait_ready() {
 wait_ready "http://$GATEWAY_ADDR/readyz"
 wait_ready "http://$QUERY_API_ADDR/readyz"
 
-"$BIN/fleet-sim" --gateway-url "http://$GATEWAY_ADDR" >"$DATA_DIR/logs/fleet-sim.log" 2>&1 & pids+=($!)
+# Five vehicles reporting every 10 s: the last hour as history, then live.
+"$BIN/fleet-sim" --gateway-url "http://$GATEWAY_ADDR" --vehicles 5 --interval-seconds 10 \
+  --history-minutes 60 --reassign-minutes 30 --faulty 0.2 --live \
+  >"$DATA_DIR/logs/fleet-sim.log" 2>&1 & pids+=($!)
 
 cat <<INFO
 
@@ -83,10 +86,11 @@ Energy Ingestion Engine is running (logs in $DATA_DIR/logs/):
   query-api       http://$QUERY_API_ADDR   (GET /v1/analytics/performance/{vehicleId})
   PostgreSQL      $DATABASE_URL
   Kafka           $KAFKA_BROKERS
-fleet-sim posts readings for EV-01..EV-05 (EV-03 is the faulty one) every 10 s.
+fleet-sim posts readings for EV-01..EV-05 (EV-05 is the faulty one) every 10 s;
+the vehicles move to the next meter every 30 minutes.
 
 Try (a few seconds after start):
-  curl -s http://$QUERY_API_ADDR/v1/analytics/performance/EV-03
+  curl -s http://$QUERY_API_ADDR/v1/analytics/performance/EV-05
 
 Ctrl-C stops everything.
 INFO
