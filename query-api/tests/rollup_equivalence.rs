@@ -12,71 +12,9 @@ use ingest_worker::worker::store::write_batch;
 use query_api::performance::PERFORMANCE_SQL;
 use serde_json::Value;
 use sqlx::PgPool;
+use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::fresh_database;
 use test_support::readings::{assignment, decode, meter, vehicle};
-
-/// The reference: every sum straight from raw history, with the same
-/// assignment rules (explicit spans, implicit pairing by equal id, ties to
-/// the greater vehicle id).
-const RAW_SQL: &str = "
-WITH spans AS (
-    SELECT a.meter_id, a.starts_at,
-           LEAST(
-               (SELECT min(n.starts_at) FROM assignments n
-                 WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
-               (SELECT min(o.starts_at) FROM assignments o
-                 WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id
-                   AND (o.starts_at > a.starts_at OR (o.starts_at = a.starts_at AND o.vehicle_id > a.vehicle_id)))
-           ) AS ends_at
-    FROM assignments a
-    WHERE a.vehicle_id = $1 AND a.meter_id IS NOT NULL
-    UNION ALL
-    SELECT $1::text, '-infinity'::timestamptz,
-           LEAST(
-               (SELECT min(n.starts_at) FROM assignments n WHERE n.vehicle_id = $1),
-               (SELECT min(o.starts_at) FROM assignments o WHERE o.meter_id = $1 AND o.vehicle_id <> $1)
-           )
-),
-per_span AS (
-    SELECT s.meter_id, count(m.*) AS n, coalesce(sum(m.kwh_consumed_ac), 0) AS ac
-    FROM spans s
-    LEFT JOIN meter_readings m
-      ON m.meter_id = s.meter_id AND m.recorded_at > $2 AND m.recorded_at <= $3
-     AND m.recorded_at >= s.starts_at AND (s.ends_at IS NULL OR m.recorded_at < s.ends_at)
-    GROUP BY s.meter_id, s.starts_at
-)
-SELECT (SELECT count(*) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS vehicle_readings,
-       (SELECT coalesce(sum(kwh_delivered_dc), 0) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS sum_dc,
-       (SELECT avg(battery_temp) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS avg_battery_temp,
-       (SELECT coalesce(sum(n), 0)::bigint FROM per_span) AS meter_readings,
-       (SELECT coalesce(sum(ac), 0) FROM per_span) AS sum_ac,
-       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM per_span WHERE n > 0) AS meter_ids";
-
-#[derive(Debug, sqlx::FromRow)]
-struct Figures {
-    vehicle_readings: i64,
-    sum_dc: f64,
-    avg_battery_temp: Option<f64>,
-    meter_readings: i64,
-    sum_ac: f64,
-    meter_ids: Vec<String>,
-}
-
-async fn figures(
-    pool: &PgPool,
-    sql: &str,
-    vehicle: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Figures {
-    sqlx::query_as(sql)
-        .bind(vehicle)
-        .bind(from)
-        .bind(to)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
@@ -206,7 +144,7 @@ async fn rollup_query_equals_raw_computation_on_random_fleets() {
     for (from, to) in windows {
         for id in &vehicles {
             let rolled = figures(&db.pool, PERFORMANCE_SQL, id, from, to).await;
-            let raw = figures(&db.pool, RAW_SQL, id, from, to).await;
+            let raw = figures(&db.pool, RAW_PERFORMANCE_SQL, id, from, to).await;
             let context = format!("seed {seed}, vehicle {id}, window ({from}, {to}]: rollups {rolled:?} vs raw {raw:?}");
             assert_eq!(
                 (rolled.vehicle_readings, rolled.meter_readings),

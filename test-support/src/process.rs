@@ -7,16 +7,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Path of a binary built in the same target directory as the running test.
-/// `cargo test --workspace` (and nextest) build every binary first.
+/// Path of a binary built in the same target directory as the running
+/// executable: a test (`target/<profile>/deps/<test>`) or a binary such as
+/// the benchmark harness (`target/<profile>/<bin>`). `cargo test --workspace`
+/// (and nextest) build every binary first.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join(name))
-        .expect("test executable lives in target/<profile>/deps");
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable lives in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps lives in target/<profile>");
+    }
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "binary {} is not built: run the tests with `cargo test --workspace` or scripts/test.sh",
@@ -93,6 +94,13 @@ impl Service {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The log lines from the `from`th on (0-based), and the index to pass next time.
+    pub fn log_lines_from(&self, from: usize) -> (Vec<String>, usize) {
+        let log = self.log.lock().expect("log lock");
+        let lines = log.get(from..).map(<[String]>::to_vec).unwrap_or_default();
+        (lines, log.len().max(from))
     }
 
     pub fn pid(&self) -> u32 {

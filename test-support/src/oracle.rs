@@ -1,0 +1,72 @@
+//! The reference computation of a vehicle's performance: every sum straight
+//! from raw history, without rollups, in plain SQL. Tests compare the
+//! service's answers with it, and the benchmark harness measures it as the
+//! naive baseline.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// The reference: every sum straight from raw history, with the same
+/// assignment rules (explicit spans, implicit pairing by equal id, ties to
+/// the greater vehicle id).
+pub const RAW_PERFORMANCE_SQL: &str = "
+WITH spans AS (
+    SELECT a.meter_id, a.starts_at,
+           LEAST(
+               (SELECT min(n.starts_at) FROM assignments n
+                 WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
+               (SELECT min(o.starts_at) FROM assignments o
+                 WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id
+                   AND (o.starts_at > a.starts_at OR (o.starts_at = a.starts_at AND o.vehicle_id > a.vehicle_id)))
+           ) AS ends_at
+    FROM assignments a
+    WHERE a.vehicle_id = $1 AND a.meter_id IS NOT NULL
+    UNION ALL
+    SELECT $1::text, '-infinity'::timestamptz,
+           LEAST(
+               (SELECT min(n.starts_at) FROM assignments n WHERE n.vehicle_id = $1),
+               (SELECT min(o.starts_at) FROM assignments o WHERE o.meter_id = $1 AND o.vehicle_id <> $1)
+           )
+),
+per_span AS (
+    SELECT s.meter_id, count(m.*) AS n, coalesce(sum(m.kwh_consumed_ac), 0) AS ac
+    FROM spans s
+    LEFT JOIN meter_readings m
+      ON m.meter_id = s.meter_id AND m.recorded_at > $2 AND m.recorded_at <= $3
+     AND m.recorded_at >= s.starts_at AND (s.ends_at IS NULL OR m.recorded_at < s.ends_at)
+    GROUP BY s.meter_id, s.starts_at
+)
+SELECT (SELECT count(*) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS vehicle_readings,
+       (SELECT coalesce(sum(kwh_delivered_dc), 0) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS sum_dc,
+       (SELECT avg(battery_temp) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS avg_battery_temp,
+       (SELECT coalesce(sum(n), 0)::bigint FROM per_span) AS meter_readings,
+       (SELECT coalesce(sum(ac), 0) FROM per_span) AS sum_ac,
+       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM per_span WHERE n > 0) AS meter_ids";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct Figures {
+    pub vehicle_readings: i64,
+    pub sum_dc: f64,
+    pub avg_battery_temp: Option<f64>,
+    pub meter_readings: i64,
+    pub sum_ac: f64,
+    pub meter_ids: Vec<String>,
+}
+
+/// Runs `sql` for one vehicle and window: [`RAW_PERFORMANCE_SQL`], or the
+/// service's own query, which takes the same parameters and returns the same columns.
+pub async fn figures(
+    pool: &PgPool,
+    sql: &str,
+    vehicle: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Figures {
+    sqlx::query_as(sql)
+        .bind(vehicle)
+        .bind(from)
+        .bind(to)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
