@@ -7,7 +7,7 @@ use test_support::process::Service;
 
 pub struct Broker {
     pub bootstrap: String,
-    _process: Service,
+    process: Service,
     bootstrap_file: std::path::PathBuf,
 }
 
@@ -41,9 +41,15 @@ impl Broker {
         };
         Ok(Self {
             bootstrap,
-            _process: process,
+            process,
             bootstrap_file,
         })
+    }
+}
+
+impl Broker {
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 

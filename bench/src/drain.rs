@@ -63,6 +63,11 @@ struct DrainRun {
     /// From the consumer group's assignment until the last commit.
     after_join: Duration,
     copy: Duration,
+    /// librdkafka reading the same topic back, nothing else.
+    consume_only: Duration,
+    /// CPU seconds during the worker's drain: worker, broker, the rest
+    /// of the machine (PostgreSQL, mostly).
+    cpu: CpuUse,
     naive_rate: f64,
     worker_peak_rss_kib: f64,
 }
@@ -71,6 +76,7 @@ pub async fn run(
     data: &Data,
     runs: usize,
     naive_sample: usize,
+    worker_settings: &[(String, String)],
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let rows = Rows::split(&data.readings);
@@ -78,15 +84,17 @@ pub async fn run(
     let mut results = Vec::new();
     for run in 1..=runs {
         eprintln!("drain run {run}/{runs}");
-        let (total, after_join, worker_peak_rss_kib) = drain_with_worker(data).await?;
+        let drained = drain_with_worker(data, worker_settings).await?;
         let copy = copy_limit(&encoded).await?;
         let naive_rate = naive(&data.readings, naive_sample).await?;
         results.push(DrainRun {
-            total,
-            after_join,
+            total: drained.total,
+            after_join: drained.after_join,
             copy,
+            consume_only: drained.consume_only,
+            cpu: drained.cpu,
             naive_rate,
-            worker_peak_rss_kib,
+            worker_peak_rss_kib: drained.peak_rss_kib,
         });
     }
 
@@ -113,6 +121,30 @@ pub async fn run(
         ),
         runs_cell(&copy_rates, per_second),
         "1.00×".into(),
+    ]);
+    table.row(vec![
+        "librdkafka consumer alone reading the topic back (the broker side's limit)".into(),
+        runs_cell(
+            &results
+                .iter()
+                .map(|r| r.consume_only.as_secs_f64())
+                .collect::<Vec<_>>(),
+            seconds,
+        ),
+        runs_cell(
+            &results
+                .iter()
+                .map(|r| messages / r.consume_only.as_secs_f64())
+                .collect::<Vec<_>>(),
+            per_second,
+        ),
+        runs_cell(
+            &results
+                .iter()
+                .map(|r| r.copy.as_secs_f64() / r.consume_only.as_secs_f64())
+                .collect::<Vec<_>>(),
+            ratio,
+        ),
     ]);
     table.row(vec![
         "ingest-worker, defaults, after joining the group".into(),
@@ -187,6 +219,41 @@ pub async fn run(
         ),
         &table,
     );
+    let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's busy time"]);
+    let column = |f: fn(&CpuUse) -> f64| results.iter().map(|r| f(&r.cpu)).collect::<Vec<f64>>();
+    let share = |f: fn(&CpuUse) -> f64| {
+        results
+            .iter()
+            .map(|r| 100.0 * f(&r.cpu) / r.cpu.machine)
+            .collect::<Vec<f64>>()
+    };
+    let percent = |x: f64| format!("{x:.0}%");
+    for (name, f) in [
+        (
+            "ingest-worker",
+            (|c: &CpuUse| c.worker) as fn(&CpuUse) -> f64,
+        ),
+        ("dev-broker (mock Kafka)", |c| c.broker),
+        ("everything else (PostgreSQL, mostly)", |c| {
+            c.machine - c.worker - c.broker
+        }),
+        ("the machine, busy", |c| c.machine),
+        ("the machine, available (wall time × cores)", |c| {
+            c.available
+        }),
+    ] {
+        cpu.row(vec![
+            name.to_owned(),
+            runs_cell(&column(f), |x| format!("{x:.1}")),
+            runs_cell(&share(f), percent),
+        ]);
+    }
+    report.add(
+        "Worker drain: where the CPU goes",
+        "CPU time used from the worker's start to the last commit, read from `/proc`. \
+         When busy time is close to what is available, the drain is CPU-bound on this machine.",
+        &cpu,
+    );
     report.add_peak_rss(
         "ingest-worker",
         &format!("draining {} messages", count(messages as u64)),
@@ -198,9 +265,26 @@ pub async fn run(
     Ok(())
 }
 
-/// Pre-fills a topic, starts a worker, and times it until every message is
-/// committed; returns (from start, from group join, peak RSS in KiB).
-async fn drain_with_worker(data: &Data) -> anyhow::Result<(Duration, Duration, f64)> {
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuUse {
+    worker: f64,
+    broker: f64,
+    machine: f64,
+    available: f64,
+}
+
+/// What one drain measured.
+struct Drained {
+    total: Duration,
+    after_join: Duration,
+    consume_only: Duration,
+    cpu: CpuUse,
+    peak_rss_kib: f64,
+}
+
+/// Pre-fills a topic, times a bare consumer reading it back, then starts a
+/// worker and times it until every message is committed.
+async fn drain_with_worker(data: &Data, settings: &[(String, String)]) -> anyhow::Result<Drained> {
     let broker = Broker::start(&[(TOPIC, PARTITIONS), ("bench.drain.dlq", 1)])?;
     let mut sender = Sender::new(
         &Destination::Kafka {
@@ -216,8 +300,13 @@ async fn drain_with_worker(data: &Data) -> anyhow::Result<(Duration, Duration, f
         "not every message was produced"
     );
 
+    let consume_only = {
+        let (bootstrap, expected) = (broker.bootstrap.clone(), data.readings.len());
+        tokio::task::spawn_blocking(move || consume_only(&bootstrap, expected)).await??
+    };
+
     let db = fresh_database().await;
-    let env = [
+    let mut env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", db.url.clone()),
         ("KAFKA_BROKERS", broker.bootstrap.clone()),
         ("KAFKA_TOPIC", TOPIC.to_owned()),
@@ -229,6 +318,13 @@ async fn drain_with_worker(data: &Data) -> anyhow::Result<(Duration, Duration, f
                 .to_owned(),
         ),
     ];
+    env.extend(
+        settings
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone())),
+    );
+    let (machine_before, broker_before) =
+        (machine_busy_seconds(), process_cpu_seconds(broker.pid()));
     let started = Instant::now();
     let mut worker = Service::start("ingest-worker", &[], &env);
     let expected = data.readings.len() as u64;
@@ -263,6 +359,13 @@ async fn drain_with_worker(data: &Data) -> anyhow::Result<(Duration, Duration, f
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let cpu = CpuUse {
+        worker: process_cpu_seconds(worker.pid()),
+        broker: process_cpu_seconds(broker.pid()) - broker_before,
+        machine: machine_busy_seconds() - machine_before,
+        available: (finished - started).as_secs_f64()
+            * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+    };
     let peak = worker.peak_rss_kib().unwrap_or(0) as f64;
     worker.terminate(Duration::from_secs(30));
     let stored = test_support::fleet::history_rows(&db.pool).await? as u64;
@@ -272,8 +375,87 @@ async fn drain_with_worker(data: &Data) -> anyhow::Result<(Duration, Duration, f
         data.history_rows()
     );
     let joined = joined.unwrap_or(started);
-    Ok((finished - started, finished - joined, peak))
+    Ok(Drained {
+        total: finished - started,
+        after_join: finished - joined,
+        consume_only,
+        cpu,
+        peak_rss_kib: peak,
+    })
 }
+
+/// Reads every partition of the topic from the beginning with the worker's
+/// fetch settings, touching each payload, until `expected` messages came.
+fn consume_only(bootstrap: &str, expected: usize) -> anyhow::Result<Duration> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-consume-only")
+        .set("enable.auto.commit", "false")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.max.bytes", "16777216")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(TOPIC, partition, Offset::Beginning)?;
+    }
+    let started = Instant::now();
+    consumer.assign(&assignment)?;
+    let (mut received, mut bytes) = (0, 0);
+    while received < expected {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "read {received} of {expected} messages"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            bytes += message?.payload().map_or(0, <[u8]>::len);
+            received += 1;
+        }
+    }
+    anyhow::ensure!(bytes > 0, "the messages had no payload");
+    Ok(started.elapsed())
+}
+
+/// User and system CPU time of a process so far, in seconds (Linux).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
+}
+
+/// CPU time the whole machine spent busy (not idle, not waiting for I/O), in seconds.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    busy / CLOCK_TICKS_PER_SECOND
+}
+
+/// USER_HZ, 100 on the Linux architectures this runs on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// `name=<digits>` from a log line, 0 when absent.
 fn log_field(line: &str, name: &str) -> u64 {

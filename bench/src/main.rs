@@ -80,6 +80,11 @@ struct Cli {
     #[arg(long, default_value_t = 24)]
     query_hours: u32,
 
+    /// Extra environment for the drained worker, as NAME=VALUE (repeatable),
+    /// to measure a setting against the defaults
+    #[arg(long, value_parser = parse_setting)]
+    worker_setting: Vec<(String, String)>,
+
     /// Seconds each query measurement runs
     #[arg(long, default_value_t = 5.0)]
     measure_seconds: f64,
@@ -102,7 +107,14 @@ async fn main() -> anyhow::Result<()> {
     {
         let data = drain::Data::generate(cli.drain_vehicles, cli.drain_steps)?;
         if scenarios.contains(&Scenario::Drain) {
-            drain::run(&data, cli.runs, cli.naive_sample, &mut report).await?;
+            drain::run(
+                &data,
+                cli.runs,
+                cli.naive_sample,
+                &cli.worker_setting,
+                &mut report,
+            )
+            .await?;
         }
         if scenarios.contains(&Scenario::Gateway) {
             let settings = gateway::Settings {
@@ -127,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, &markdown)?;
     }
     Ok(())
+}
+
+fn parse_setting(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not NAME=VALUE"))
 }
 
 /// The command line as run, for the report.

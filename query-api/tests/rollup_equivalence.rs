@@ -11,7 +11,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use ingest_worker::worker::store::write_batch;
 use query_api::performance::PERFORMANCE_SQL;
 use serde_json::Value;
-use sqlx::PgPool;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::fresh_database;
 use test_support::readings::{assignment, decode, meter, vehicle};
