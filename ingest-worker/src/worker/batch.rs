@@ -191,6 +191,33 @@ impl Batch {
             .retain(|partition, _| !partitions.contains(partition));
     }
 
+    /// Reorders the readings into `groups` runs by topic partition
+    /// (partition mod `groups`), keeping the order within each partition,
+    /// and returns the runs' index ranges. Messages are keyed by device, so
+    /// two runs never share a device: their rows, rollup rows and current
+    /// state rows are disjoint, and they can be written concurrently.
+    pub fn group_by_partition(&mut self, groups: usize) -> Vec<Range<usize>> {
+        let groups = groups.max(1);
+        let group_of = |origin: &Origin| origin.partition.unsigned_abs() as usize % groups;
+        let mut rows: Vec<(Reading, Origin)> = std::mem::take(&mut self.readings)
+            .into_iter()
+            .zip(std::mem::take(&mut self.origins))
+            .collect();
+        // Stable: a device's readings keep their order.
+        rows.sort_by_key(|(_, origin)| group_of(origin));
+        let mut ranges: Vec<Range<usize>> = Vec::with_capacity(groups);
+        for (index, (_, origin)) in rows.iter().enumerate() {
+            match ranges.last_mut() {
+                Some(last) if group_of(&rows[last.start].1) == group_of(origin) => {
+                    last.end = index + 1
+                }
+                _ => ranges.push(index..index + 1),
+            }
+        }
+        (self.readings, self.origins) = rows.into_iter().unzip();
+        ranges
+    }
+
     /// Keeps the readings (and their origins) whose flag in `keep` is set.
     fn retain_readings(&mut self, keep: &[bool]) {
         let mut flags = keep.iter();

@@ -2,10 +2,11 @@
 //! writes it to PostgreSQL in batches.
 //!
 //! The loop collects messages until the batch is full or its oldest message
-//! has waited `batch_max_wait`, then flushes: readings to PostgreSQL in one
-//! transaction ([`store::write_batch`]; readings the database refuses are
-//! isolated), then rejects to the dead-letter topic, and only then the
-//! batch's offsets are stored for the next commit. A crash
+//! has waited `batch_max_wait`, then flushes while the next batch fills:
+//! readings to PostgreSQL ([`store::write_batch`]; one transaction per group
+//! of partitions, the groups concurrently; readings the database refuses
+//! are isolated), then rejects to the dead-letter topic, and only when all
+//! of that is durable the batch's offsets are stored for the next commit. A crash
 //! anywhere before that re-reads the batch, and the database's primary keys
 //! turn the re-read into no-ops: nothing is lost, nothing is doubled.
 //!
@@ -68,10 +69,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "KAFKA_DLQ_TOPIC")]
     pub kafka_dlq_topic: Option<String>,
 
-    /// Flush a batch once it holds this many messages. 10,000 rows is one
-    /// COPY of well under a megabyte: large enough to drain a backlog at
-    /// COPY speed, small enough to keep each transaction short
-    #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 10_000)]
+    /// Flush a batch once it holds this many messages. Only a backlog fills
+    /// a batch (live traffic is flushed by BATCH_MAX_WAIT_MS first), and in
+    /// a backlog a large batch holds several readings per device: rollup and
+    /// current-state rows are upserted once per device and hour per batch,
+    /// so they shrink per reading. 50,000 drained 1.8× faster than 10,000
+    /// (BENCHMARKS.md) for about 50 MiB more memory
+    #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 50_000)]
     pub batch_max_readings: usize,
 
     /// Flush a batch once its first message has waited this long. A steady
@@ -79,6 +83,14 @@ pub struct WorkerArgs {
     /// batches and keeps readings queryable within a second
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500)]
     pub batch_max_wait_ms: u64,
+
+    /// Concurrent transactions a batch is written with, each holding a
+    /// disjoint group of topic partitions (so no two touch the same device).
+    /// One PostgreSQL backend works on one core: with 2, a backlog drains
+    /// about 1.5× faster on a 2-core server (BENCHMARKS.md). Each takes a
+    /// pooled connection, so keep DB_MAX_CONNECTIONS above it
+    #[arg(long, env = "BATCH_WRITE_CONCURRENCY", default_value_t = 2)]
+    pub batch_write_concurrency: usize,
 
     /// After a shutdown signal, how long a failing flush keeps retrying
     /// before the worker exits without committing (the batch is re-read later)
@@ -175,6 +187,7 @@ pub async fn run(
         partitions,
         shutdown: token.clone(),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        write_concurrency: args.batch_write_concurrency.max(1),
     };
     tracing::info!(
         topic = %args.kafka.kafka_topic,
@@ -290,6 +303,11 @@ fn consumer_config(args: &WorkerArgs) -> ClientConfig {
             // Bound the prefetch queue: memory stays flat whatever the backlog.
             ("queued.max.messages.kbytes", "32768".to_owned()),
             ("fetch.max.bytes", "16777216".to_owned()),
+            // When that queue is full (a backlog, the worker busy writing),
+            // librdkafka postpones the partitions' next fetch by this much;
+            // its default of 1 s left the worker idle for most of a second
+            // after each full queue had drained (BENCHMARKS.md).
+            ("fetch.queue.backoff.ms", "20".to_owned()),
             ("enable.partition.eof", "false".to_owned()),
         ],
         // Offsets are stored by hand after the batch's transaction commits and

@@ -1,9 +1,11 @@
 //! The consume loop: collect messages into a batch until it is full or old
 //! enough, flush it (the database transaction, dead letters, then the
-//! offsets), and retry failures without ever advancing past something that
-//! is not durable.
+//! offsets) while the next batch fills, and retry failures without ever
+//! advancing past something that is not durable.
 
 use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +45,9 @@ pub struct Sink {
     pub partitions: Arc<Partitions>,
     pub shutdown: CancellationToken,
     pub shutdown_grace: Duration,
+    /// Concurrent transactions a batch is written with, each holding the
+    /// messages of a disjoint group of partitions.
+    pub write_concurrency: usize,
 }
 
 impl Sink {
@@ -61,12 +66,33 @@ impl Sink {
 }
 
 /// Runs until shutdown, then flushes the open batch.
+///
+/// One batch is flushed while the next one fills: reading and decoding
+/// messages overlaps the database transaction instead of waiting for it.
+/// Flushes still happen one at a time and in order, so offsets are stored
+/// in order and at most two batches are held in memory. When the filling
+/// batch is full before the flush is done, consumption pauses until it is.
 pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
     let mut batch = Batch::default();
     let mut flush_at: Option<Instant> = None;
+    let mut in_flight: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> = None;
     loop {
+        let due =
+            batch.len() >= limits.max_messages || flush_at.is_some_and(|at| at <= Instant::now());
+        if in_flight.is_none() && due && !batch.is_empty() {
+            in_flight = Some(Box::pin(flush(sink, std::mem::take(&mut batch))));
+            flush_at = None;
+        }
+        // Only worth waking for when a new flush could start.
+        let wake_at = flush_at.filter(|_| in_flight.is_none());
+        let flushing = async {
+            match in_flight.as_mut() {
+                Some(flush) => flush.await,
+                None => std::future::pending().await,
+            }
+        };
         let flush_due = async {
-            match flush_at {
+            match wake_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -74,11 +100,12 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
         tokio::select! {
             biased;
             () = sink.shutdown.cancelled() => break,
-            () = flush_due => {
-                flush(sink, std::mem::take(&mut batch)).await?;
-                flush_at = None;
+            flushed = flushing => {
+                in_flight = None;
+                flushed?;
             }
-            received = sink.consumer.recv() => {
+            () = flush_due => {}
+            received = sink.consumer.recv(), if batch.len() < limits.max_messages => {
                 // A rebalance inside recv() may have taken partitions away.
                 batch.drop_partitions(&sink.consumer.context().take_revoked());
                 if batch.is_empty() {
@@ -91,10 +118,6 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                             tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
                             flush_at = Some(Instant::now() + limits.max_wait);
                         }
-                        if batch.len() >= limits.max_messages {
-                            flush(sink, std::mem::take(&mut batch)).await?;
-                            flush_at = None;
-                        }
                     }
                     // Consumer errors are reports, not failures to handle: librdkafka
                     // reconnects by itself. Keep polling at once: a queue of errors
@@ -105,6 +128,10 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    // The flush in flight has its own shutdown grace (see `retry`).
+    if let Some(flush) = in_flight {
+        flush.await?;
     }
     flush(sink, batch).await
 }
@@ -134,8 +161,21 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
         )
         .await??;
     }
-    let (outcome, refused) = write_isolating_refused(sink, &batch).await?;
-    batch.rejected.extend(refused);
+    // Each group of partitions in its own transaction, concurrently: one
+    // PostgreSQL backend works on one core, and the groups share no row.
+    let groups = batch.group_by_partition(sink.write_concurrency);
+    let written = futures::future::join_all(
+        groups
+            .into_iter()
+            .map(|range| write_isolating_refused(sink, &batch, range)),
+    )
+    .await;
+    let mut outcome = BatchOutcome::default();
+    for group in written {
+        let (written, refused) = group?;
+        outcome += written;
+        batch.rejected.extend(refused);
+    }
     if !batch.rejected.is_empty() {
         // Every publish error is retried: skipping would lose the message.
         retry(
@@ -179,19 +219,19 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the batch's readings. When the database refuses a row (a data
-/// error), the batch is halved until the refused readings stand alone; the
+/// Writes the batch's readings in `readings`. When the database refuses a
+/// row (a data error), the range is halved until the refused readings stand alone; the
 /// rest is written and the refused ones come back as rejects. Halves are
 /// written in order, so the first of two duplicates still wins.
 async fn write_isolating_refused(
     sink: &Sink,
     batch: &Batch,
+    readings: Range<usize>,
 ) -> anyhow::Result<(BatchOutcome, Vec<Rejected>)> {
     let mut outcome = BatchOutcome::default();
     let mut refused = Vec::new();
     // A stack of index ranges; the left half is pushed last so it goes first.
-    let mut pending = Vec::new();
-    pending.push(0..batch.readings.len());
+    let mut pending = vec![readings];
     while let Some(range) = pending.pop() {
         if range.is_empty() {
             continue;
