@@ -19,6 +19,7 @@ use test_support::postgres::fresh_database;
 use test_support::process::{free_port, Service};
 
 use crate::broker::Broker;
+use crate::cpu::{machine_busy_seconds, process_cpu_seconds};
 use crate::load::{copy_history, Encoded, Rows};
 use crate::report::{count, per_second, ratio, runs_cell, seconds, Report, Table};
 
@@ -70,28 +71,69 @@ struct DrainRun {
     cpu: CpuUse,
     naive_rate: f64,
     worker_peak_rss_kib: f64,
+    /// Readings/s after joining, per entry of `variants`, same run.
+    variant_rates: Vec<f64>,
 }
+
+/// Each default the drain depends on, set back to what it replaced: the
+/// table shows what the default buys, measured in the same run.
+pub const VARIANTS: [(&str, &str, &str); 3] = [
+    (
+        "BATCH_MAX_READINGS",
+        "10000",
+        "batches of 10,000 (the former default)",
+    ),
+    ("BATCH_WRITE_CONCURRENCY", "1", "one transaction per batch"),
+    (
+        "KAFKA_FETCH_QUEUE_BACKOFF_MS",
+        "1000",
+        "librdkafka's default fetch backoff (1 s)",
+    ),
+];
 
 pub async fn run(
     data: &Data,
     runs: usize,
     naive_sample: usize,
     worker_settings: &[(String, String)],
+    with_variants: bool,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let variants: Vec<(&str, &str)> = if with_variants {
+        VARIANTS
+            .iter()
+            .map(|(name, value, _)| (*name, *value))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let rows = Rows::split(&data.readings);
     let encoded = Encoded::new(&rows);
     let mut results = Vec::new();
     for run in 1..=runs {
         eprintln!("drain run {run}/{runs}");
-        let drained = drain_with_worker(data, worker_settings).await?;
+        let broker = prefilled_broker(data).await?;
+        let consume_only = {
+            let (bootstrap, expected) = (broker.bootstrap.clone(), data.readings.len());
+            tokio::task::spawn_blocking(move || consume_only(&bootstrap, expected)).await??
+        };
+        let drained = drain_with_worker(data, &broker, "bench-drain", worker_settings).await?;
+        let mut variant_rates = Vec::new();
+        for (i, (name, value)) in variants.iter().enumerate() {
+            let mut settings = worker_settings.to_vec();
+            settings.push(((*name).to_owned(), (*value).to_owned()));
+            let variant =
+                drain_with_worker(data, &broker, &format!("bench-variant-{i}"), &settings).await?;
+            variant_rates.push(data.readings.len() as f64 / variant.after_join.as_secs_f64());
+        }
         let copy = copy_limit(&encoded).await?;
         let naive_rate = naive(&data.readings, naive_sample).await?;
         results.push(DrainRun {
             total: drained.total,
             after_join: drained.after_join,
             copy,
-            consume_only: drained.consume_only,
+            consume_only,
+            variant_rates,
             cpu: drained.cpu,
             naive_rate,
             worker_peak_rss_kib: drained.peak_rss_kib,
@@ -219,12 +261,43 @@ pub async fn run(
         ),
         &table,
     );
-    let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's busy time"]);
+    if with_variants {
+        let mut table = Table::new(&[
+            "worker setting",
+            "readings/s after joining",
+            "vs the defaults",
+        ]);
+        table.row(vec![
+            "the defaults".into(),
+            runs_cell(&worker_rates, per_second),
+            "1.00×".into(),
+        ]);
+        for (i, (name, value, what)) in VARIANTS.iter().enumerate() {
+            let rates: Vec<f64> = results.iter().map(|r| r.variant_rates[i]).collect();
+            let ratios: Vec<f64> = rates
+                .iter()
+                .zip(&worker_rates)
+                .map(|(v, d)| v / d)
+                .collect();
+            table.row(vec![
+                format!("`{name}={value}`: {what}"),
+                runs_cell(&rates, per_second),
+                runs_cell(&ratios, ratio),
+            ]);
+        }
+        report.add(
+            "Worker drain: what each default buys",
+            "The same drain with one default set back to what it replaced, in the same run, on \
+             the same pre-filled topic (a new consumer group each) and a fresh database.",
+            &table,
+        );
+    }
+    let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's capacity"]);
     let column = |f: fn(&CpuUse) -> f64| results.iter().map(|r| f(&r.cpu)).collect::<Vec<f64>>();
     let share = |f: fn(&CpuUse) -> f64| {
         results
             .iter()
-            .map(|r| 100.0 * f(&r.cpu) / r.cpu.machine)
+            .map(|r| 100.0 * f(&r.cpu) / r.cpu.available)
             .collect::<Vec<f64>>()
     };
     let percent = |x: f64| format!("{x:.0}%");
@@ -238,9 +311,6 @@ pub async fn run(
             c.machine - c.worker - c.broker
         }),
         ("the machine, busy", |c| c.machine),
-        ("the machine, available (wall time × cores)", |c| {
-            c.available
-        }),
     ] {
         cpu.row(vec![
             name.to_owned(),
@@ -250,8 +320,9 @@ pub async fn run(
     }
     report.add(
         "Worker drain: where the CPU goes",
-        "CPU time used from the worker's start to the last commit, read from `/proc`. \
-         When busy time is close to what is available, the drain is CPU-bound on this machine.",
+        "CPU time used from the worker's start to the last commit, read from `/proc`; the \
+         capacity is the drain's wall time × the cores. A busy machine well under 100% means \
+         the drain waits rather than computes.",
         &cpu,
     );
     report.add_peak_rss(
@@ -277,14 +348,14 @@ struct CpuUse {
 struct Drained {
     total: Duration,
     after_join: Duration,
-    consume_only: Duration,
     cpu: CpuUse,
     peak_rss_kib: f64,
 }
 
 /// Pre-fills a topic, times a bare consumer reading it back, then starts a
 /// worker and times it until every message is committed.
-async fn drain_with_worker(data: &Data, settings: &[(String, String)]) -> anyhow::Result<Drained> {
+/// A fresh broker whose topic holds every message of `data`.
+async fn prefilled_broker(data: &Data) -> anyhow::Result<Broker> {
     let broker = Broker::start(&[(TOPIC, PARTITIONS), ("bench.drain.dlq", 1)])?;
     let mut sender = Sender::new(
         &Destination::Kafka {
@@ -300,17 +371,24 @@ async fn drain_with_worker(data: &Data, settings: &[(String, String)]) -> anyhow
         "not every message was produced"
     );
 
-    let consume_only = {
-        let (bootstrap, expected) = (broker.bootstrap.clone(), data.readings.len());
-        tokio::task::spawn_blocking(move || consume_only(&bootstrap, expected)).await??
-    };
+    Ok(broker)
+}
 
+/// Starts a worker in consumer group `group` on the pre-filled topic (a new
+/// group reads it from the start) with a fresh database, and times it until
+/// every message is committed.
+async fn drain_with_worker(
+    data: &Data,
+    broker: &Broker,
+    group: &str,
+    settings: &[(String, String)],
+) -> anyhow::Result<Drained> {
     let db = fresh_database().await;
     let mut env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", db.url.clone()),
         ("KAFKA_BROKERS", broker.bootstrap.clone()),
         ("KAFKA_TOPIC", TOPIC.to_owned()),
-        ("KAFKA_GROUP_ID", "bench-drain".to_owned()),
+        ("KAFKA_GROUP_ID", group.to_owned()),
         ("WORKER_HEALTH_ADDR", format!("127.0.0.1:{}", free_port())),
         (
             "RUST_LOG",
@@ -378,7 +456,6 @@ async fn drain_with_worker(data: &Data, settings: &[(String, String)]) -> anyhow
     Ok(Drained {
         total: finished - started,
         after_join: finished - joined,
-        consume_only,
         cpu,
         peak_rss_kib: peak,
     })
@@ -416,46 +493,6 @@ fn consume_only(bootstrap: &str, expected: usize) -> anyhow::Result<Duration> {
     anyhow::ensure!(bytes > 0, "the messages had no payload");
     Ok(started.elapsed())
 }
-
-/// User and system CPU time of a process so far, in seconds (Linux).
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
-}
-
-/// CPU time the whole machine spent busy (not idle, not waiting for I/O), in seconds.
-fn machine_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: f64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| ticks.get(i))
-        .sum();
-    busy / CLOCK_TICKS_PER_SECOND
-}
-
-/// USER_HZ, 100 on the Linux architectures this runs on.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// `name=<digits>` from a log line, 0 when absent.
 fn log_field(line: &str, name: &str) -> u64 {

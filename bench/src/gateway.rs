@@ -23,6 +23,16 @@ const BATCH_CONCURRENCY: usize = 8;
 /// Single-reading requests in flight.
 const SINGLE_CONCURRENCY: [usize; 3] = [1, 16, 64];
 
+/// Fewest single-reading requests in a measurement.
+const MIN_SINGLE_REQUESTS: usize = 2_000;
+
+/// Requests for one concurrency level: in proportion, so each level takes
+/// a similar time.
+fn single_count(at_highest: usize, concurrency: usize) -> usize {
+    let highest = SINGLE_CONCURRENCY[SINGLE_CONCURRENCY.len() - 1];
+    (at_highest * concurrency / highest).max(MIN_SINGLE_REQUESTS)
+}
+
 pub struct Settings {
     pub batch_readings: usize,
     pub single_requests: usize,
@@ -87,7 +97,14 @@ pub async fn run(
         let batch = send(via_gateway(BATCH_SIZE, BATCH_CONCURRENCY), batch_readings).await?;
         let mut single = Vec::new();
         for concurrency in SINGLE_CONCURRENCY {
-            single.push(send(via_gateway(1, concurrency), single_readings).await?);
+            // Warm-up, not measured: the client's connections opened.
+            send(
+                via_gateway(1, concurrency),
+                &single_readings[..(concurrency * 10).min(single_readings.len())],
+            )
+            .await?;
+            let n = single_count(settings.single_requests, concurrency).min(single_readings.len());
+            single.push(send(via_gateway(1, concurrency), &single_readings[..n]).await?);
         }
         results.push(GatewayRun {
             peak_rss_kib: gateway.peak_rss_kib().unwrap_or(0) as f64,
@@ -145,9 +162,13 @@ pub async fn run(
     report.add(
         "Gateway: single-reading requests",
         &format!(
-            "{} requests per concurrency level, one JSON object each (the original API's shape), \
-             from a Rust client (reqwest) on the same machine, keep-alive connections.",
-            count(single_readings.len() as u64)
+            "{} requests with {} in flight, proportionally fewer below (at least {}), one JSON \
+             object each (the original API's shape), from a Rust client (reqwest) on the same \
+             machine over keep-alive connections, after an unmeasured warm-up. The gateway \
+             answers once the broker has the reading (acks=all, `linger.ms` 2).",
+            count(single_count(settings.single_requests, 64) as u64),
+            SINGLE_CONCURRENCY[SINGLE_CONCURRENCY.len() - 1],
+            count(MIN_SINGLE_REQUESTS as u64)
         ),
         &table,
     );

@@ -16,6 +16,7 @@
 //! wrong result. It asserts no time: figures are printed, never judged.
 
 mod broker;
+mod cpu;
 mod drain;
 mod gateway;
 mod load;
@@ -85,6 +86,10 @@ struct Cli {
     #[arg(long, value_parser = parse_setting)]
     worker_setting: Vec<(String, String)>,
 
+    /// Skip the drains that set one default back (the "what each default buys" table)
+    #[arg(long)]
+    skip_variants: bool,
+
     /// Seconds each query measurement runs
     #[arg(long, default_value_t = 5.0)]
     measure_seconds: f64,
@@ -112,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 cli.runs,
                 cli.naive_sample,
                 &cli.worker_setting,
+                !cli.skip_variants,
                 &mut report,
             )
             .await?;

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleet_sim::fleet::FleetSpec;
+use query_api::performance::PERFORMANCE_SQL;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::fresh_database;
 use test_support::process::{free_port, wait_until_ok, Service};
 
+use crate::cpu::{machine_busy_seconds, own_cpu_seconds, process_cpu_seconds};
 use crate::load::{derive_rollups_and_current_state, load_fleet};
 use crate::report::{count, millis, per_second, quantile, ratio, runs_cell, Report, Table};
 
@@ -72,17 +74,95 @@ where
     Ok(Measured { latencies, rate })
 }
 
-/// One target (fleet vehicles or the every-second vehicle) measured both ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Approach {
+    Endpoint,
+    ServiceSql,
+    RawSql,
+}
+
+const APPROACHES: [(Approach, &str); 3] = [
+    (
+        Approach::Endpoint,
+        "`/v1/analytics/performance/{id}` (query-api, HTTP)",
+    ),
+    (
+        Approach::ServiceSql,
+        "the endpoint's SQL alone (sqlx, no HTTP)",
+    ),
+    (
+        Approach::RawSql,
+        "plain SQL over raw history (sqlx, no HTTP)",
+    ),
+];
+
+/// One approach on one target, one measurement per run.
 #[derive(Default)]
-struct TargetRun {
-    endpoint_single: Vec<Measured>,
-    endpoint_parallel: Vec<Measured>,
-    raw_single: Vec<Measured>,
-    raw_parallel: Vec<Measured>,
+struct Measurements {
+    single: Vec<Measured>,
+    parallel: Vec<Measured>,
+}
+
+/// Everything one request of a measurement needs.
+#[derive(Clone)]
+struct Request {
+    approach: Approach,
+    client: reqwest::Client,
+    base: String,
+    pool: sqlx::PgPool,
+    ids: Arc<Vec<String>>,
+}
+
+impl Request {
+    /// The `i`th request: a vehicle picked from the ids, the window ending now.
+    async fn send(self, i: u64) -> anyhow::Result<()> {
+        let id = &self.ids[pick(i, self.ids.len())];
+        match self.approach {
+            Approach::Endpoint => {
+                let url = format!("{}/v1/analytics/performance/{id}", self.base);
+                let response = self.client.get(url).send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "endpoint answered {}",
+                    response.status()
+                );
+                response.bytes().await?;
+            }
+            Approach::ServiceSql | Approach::RawSql => {
+                let sql = if self.approach == Approach::ServiceSql {
+                    PERFORMANCE_SQL
+                } else {
+                    RAW_PERFORMANCE_SQL
+                };
+                let to = Utc::now();
+                figures(&self.pool, sql, id, to - TimeDelta::hours(24), to).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn into_fn(
+        self,
+    ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+           + Clone
+           + Send
+           + 'static {
+        move |i| Box::pin(self.clone().send(i))
+    }
 }
 
 pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let db = fresh_database().await;
+    // The partitions a worker keeps: from the retention cutoff (90 days by
+    // default) through the day after tomorrow. Their number is part of what
+    // a query costs (see BENCHMARKS.md), so the benchmark has all of them.
+    let today = Utc::now().date_naive();
+    test_support::postgres::ensure_partitions(
+        &db.pool,
+        today - chrono::Days::new(90),
+        today + chrono::Days::new(2),
+    )
+    .await;
     let end = Utc::now().duration_trunc(TimeDelta::minutes(1))?;
     let start = end - TimeDelta::hours(i64::from(settings.hours));
     eprintln!(
@@ -146,63 +226,55 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
             .collect(),
     );
     let second_ids = Arc::new(vec![SECOND_VEHICLE.to_owned()]);
-    let mut targets = [TargetRun::default(), TargetRun::default()];
+    // [target][approach], each with one measurement per run.
+    let mut measured: [[Measurements; 3]; 2] = Default::default();
+    let mut cpu_splits = Vec::new();
     for run in 1..=runs {
         eprintln!("query run {run}/{runs}");
-        for (target, ids) in targets
+        for (target, ids) in measured
             .iter_mut()
             .zip([fleet_ids.clone(), second_ids.clone()])
         {
-            let endpoint = {
-                let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
-                move |i: u64| {
-                    let url = format!(
-                        "{base}/v1/analytics/performance/{}",
-                        ids[pick(i, ids.len())]
-                    );
-                    let client = client.clone();
-                    async move {
-                        let response = client.get(url).send().await?;
-                        anyhow::ensure!(
-                            response.status().is_success(),
-                            "endpoint answered {}",
-                            response.status()
-                        );
-                        response.bytes().await?;
-                        Ok(())
-                    }
+            for (approach, measurements) in APPROACHES.iter().zip(target.iter_mut()) {
+                let request = Request {
+                    approach: approach.0,
+                    client: client.clone(),
+                    base: base.clone(),
+                    pool: pool.clone(),
+                    ids: ids.clone(),
+                };
+                // Warm-up, not measured: every pooled connection opened and
+                // its prepared statement planned.
+                measure(
+                    THROUGHPUT_CONCURRENCY,
+                    Duration::from_secs(1),
+                    request.clone().into_fn(),
+                )
+                .await?;
+                measurements
+                    .single
+                    .push(measure(1, settings.measure, request.clone().into_fn()).await?);
+                let (machine, api_cpu, own_cpu) = (
+                    machine_busy_seconds(),
+                    process_cpu_seconds(api.pid()),
+                    own_cpu_seconds(),
+                );
+                measurements.parallel.push(
+                    measure(THROUGHPUT_CONCURRENCY, settings.measure, request.into_fn()).await?,
+                );
+                if approach.0 == Approach::Endpoint && Arc::ptr_eq(&ids, &fleet_ids) {
+                    let machine = machine_busy_seconds() - machine;
+                    let api_cpu = process_cpu_seconds(api.pid()) - api_cpu;
+                    let own_cpu = own_cpu_seconds() - own_cpu;
+                    cpu_splits.push([
+                        api_cpu,
+                        own_cpu,
+                        machine - api_cpu - own_cpu,
+                        machine,
+                        capacity(settings.measure),
+                    ]);
                 }
-            };
-            let raw = {
-                let (pool, ids) = (pool.clone(), ids.clone());
-                move |i: u64| {
-                    let (pool, id) = (pool.clone(), ids[pick(i, ids.len())].clone());
-                    async move {
-                        let to = Utc::now();
-                        figures(
-                            &pool,
-                            RAW_PERFORMANCE_SQL,
-                            &id,
-                            to - TimeDelta::hours(24),
-                            to,
-                        )
-                        .await;
-                        Ok(())
-                    }
-                }
-            };
-            target
-                .endpoint_single
-                .push(measure(1, settings.measure, endpoint.clone()).await?);
-            target
-                .endpoint_parallel
-                .push(measure(THROUGHPUT_CONCURRENCY, settings.measure, endpoint).await?);
-            target
-                .raw_single
-                .push(measure(1, settings.measure, raw.clone()).await?);
-            target
-                .raw_parallel
-                .push(measure(THROUGHPUT_CONCURRENCY, settings.measure, raw).await?);
+            }
         }
     }
     let api_peak_rss_kib = api.peak_rss_kib().unwrap_or(0) as f64;
@@ -216,7 +288,7 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         "requests/s (1 in flight)",
         &format!("requests/s ({THROUGHPUT_CONCURRENCY} in flight)"),
         &format!("p99 ({THROUGHPUT_CONCURRENCY} in flight)"),
-        "speed-up over raw SQL",
+        &format!("vs raw SQL ({THROUGHPUT_CONCURRENCY} in flight)"),
     ]);
     let figures_of =
         |runs: &[Measured], f: &dyn Fn(&Measured) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
@@ -226,40 +298,26 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         count(u64::from(settings.vehicles))
     );
     for (name, target) in [
-        (fleet_name, &targets[0]),
-        ("every second".to_owned(), &targets[1]),
+        (fleet_name, &measured[0]),
+        ("every second".to_owned(), &measured[1]),
     ] {
-        for (approach, single, parallel) in [
-            (
-                "`/v1/analytics/performance/{id}` (query-api)",
-                &target.endpoint_single,
-                &target.endpoint_parallel,
-            ),
-            (
-                "plain SQL over raw history (sqlx, no HTTP)",
-                &target.raw_single,
-                &target.raw_parallel,
-            ),
-        ] {
-            let speedup: Vec<f64> = target
-                .endpoint_parallel
+        let raw = &target[2].parallel;
+        for ((_, label), m) in APPROACHES.iter().zip(target) {
+            let speedup: Vec<f64> = m
+                .parallel
                 .iter()
-                .zip(&target.raw_parallel)
-                .map(|(e, r)| e.rate / r.rate)
+                .zip(raw)
+                .map(|(a, r)| a.rate / r.rate)
                 .collect();
             table.row(vec![
                 name.clone(),
-                approach.to_owned(),
-                runs_cell(&figures_of(single, &p(0.5)), millis),
-                runs_cell(&figures_of(single, &p(0.99)), millis),
-                runs_cell(&figures_of(single, &|m| m.rate), per_second),
-                runs_cell(&figures_of(parallel, &|m| m.rate), per_second),
-                runs_cell(&figures_of(parallel, &p(0.99)), millis),
-                if approach.contains("query-api") {
-                    runs_cell(&speedup, ratio)
-                } else {
-                    "1.00×".to_owned()
-                },
+                (*label).to_owned(),
+                runs_cell(&figures_of(&m.single, &p(0.5)), millis),
+                runs_cell(&figures_of(&m.single, &p(0.99)), millis),
+                runs_cell(&figures_of(&m.single, &|m| m.rate), per_second),
+                runs_cell(&figures_of(&m.parallel, &|m| m.rate), per_second),
+                runs_cell(&figures_of(&m.parallel, &p(0.99)), millis),
+                runs_cell(&speedup, ratio),
             ]);
         }
     }
@@ -268,9 +326,10 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         &format!(
             "{} vehicles and {} meters with {} h of per-minute history ({} vehicle and {} meter \
              rows, reassigned every 6 h), plus one vehicle and its meter reporting every second. \
-             Each measurement is closed-loop for {:.1} s over the window ending now; the endpoint \
-             answers over HTTP with JSON, the plain SQL is the same computation over raw rows \
-             without rollups. Speed-up: requests/s with {THROUGHPUT_CONCURRENCY} in flight.",
+             Each measurement is closed-loop for {:.1} s over the window ending now, after 1 s \
+             of unmeasured warm-up; the endpoint answers over HTTP with JSON. The service's SQL \
+             is the endpoint's query sent straight from sqlx (what PostgreSQL alone costs); the \
+             raw SQL is the same computation over raw rows without rollups.",
             count(u64::from(settings.vehicles)),
             count(u64::from(settings.vehicles)),
             settings.hours,
@@ -280,8 +339,43 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         ),
         &table,
     );
+    let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's capacity"]);
+    for (i, name) in [
+        "query-api",
+        "the load generator (this harness)",
+        "everything else (PostgreSQL, mostly)",
+        "the machine, busy",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seconds: Vec<f64> = cpu_splits.iter().map(|split| split[i]).collect();
+        let share: Vec<f64> = cpu_splits
+            .iter()
+            .map(|split| 100.0 * split[i] / split[4])
+            .collect();
+        cpu.row(vec![
+            (*name).to_owned(),
+            runs_cell(&seconds, |x| format!("{x:.1}")),
+            runs_cell(&share, |x| format!("{x:.0}%")),
+        ]);
+    }
+    report.add(
+        "Query: where the CPU goes",
+        &format!(
+            "CPU time while the endpoint answered fleet vehicles with {THROUGHPUT_CONCURRENCY} \
+                          requests in flight for {:.1} s, read from `/proc`; the capacity is that time × the cores.",
+            settings.measure.as_secs_f64(),
+        ),
+        &cpu,
+    );
     report.add_peak_rss("query-api", "every query run", &[api_peak_rss_kib]);
     sizes(&db.pool, vehicle_rows, meter_rows, report).await
+}
+
+/// CPU seconds the machine can give in `duration`.
+fn capacity(duration: Duration) -> f64 {
+    duration.as_secs_f64() * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 /// A spread of ids from a counter, so consecutive requests hit different vehicles.
