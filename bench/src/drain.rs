@@ -452,6 +452,7 @@ async fn drain_with_worker(
         "the worker stored {stored} history rows, not {}",
         data.history_rows()
     );
+    db.drop_database().await?;
     let joined = joined.unwrap_or(started);
     Ok(Drained {
         total: finished - started,
@@ -514,6 +515,7 @@ async fn copy_limit(encoded: &Encoded) -> anyhow::Result<Duration> {
         "COPY stored {stored} of {} rows",
         encoded.rows
     );
+    db.drop_database().await?;
     Ok(elapsed)
 }
 
@@ -558,6 +560,8 @@ async fn naive(readings: &[Reading], sample: usize) -> anyhow::Result<f64> {
         "naive path stored {stored} of {}",
         sample.len()
     );
+    pool.close().await;
+    db.drop_database().await?;
     Ok(sample.len() as f64 / elapsed.as_secs_f64())
 }
 

@@ -370,7 +370,9 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         &cpu,
     );
     report.add_peak_rss("query-api", "every query run", &[api_peak_rss_kib]);
-    sizes(&db.pool, vehicle_rows, meter_rows, report).await
+    sizes(&db.pool, vehicle_rows, meter_rows, report).await?;
+    pool.close().await;
+    Ok(db.drop_database().await?)
 }
 
 /// CPU seconds the machine can give in `duration`.

@@ -89,6 +89,20 @@ pub async fn fresh_unmigrated_database() -> TestDatabase {
 }
 
 impl TestDatabase {
+    /// Drops the database (its connections cut), for callers that create
+    /// many large ones, like the benchmark harness.
+    pub async fn drop_database(self) -> Result<(), sqlx::Error> {
+        self.pool.close().await;
+        let mut connection = PgConnection::connect(&admin_url()).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut connection)
+        .await?;
+        connection.close().await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)

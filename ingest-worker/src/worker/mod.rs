@@ -73,9 +73,10 @@ pub struct WorkerArgs {
     /// a batch (live traffic is flushed by BATCH_MAX_WAIT_MS first), and in
     /// a backlog a large batch holds several readings per device: rollup and
     /// current-state rows are upserted once per device and hour per batch,
-    /// so they shrink per reading. 50,000 drained 1.8× faster than 10,000
-    /// (BENCHMARKS.md) for about 50 MiB more memory
-    #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 50_000)]
+    /// so they shrink per reading. 100,000 drained about twice as fast as
+    /// 10,000 (BENCHMARKS.md); the price is memory: two batches (one
+    /// writing, one filling) of ~1 KiB per message, ~185 MiB peak in all
+    #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 100_000)]
     pub batch_max_readings: usize,
 
     /// Flush a batch once its first message has waited this long. A steady

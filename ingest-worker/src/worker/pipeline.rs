@@ -50,7 +50,42 @@ pub struct Sink {
     pub write_concurrency: usize,
 }
 
+/// What retrying needs: when to give up, and where to report failures.
+#[derive(Clone)]
+struct Retrier {
+    shutdown: CancellationToken,
+    grace: Duration,
+    health: Arc<Health>,
+}
+
+/// What writing one group of a batch needs, owned, so that each group is
+/// written from a task of its own: the groups' client-side work (encoding
+/// COPY data, aggregating rollups) then runs on all cores, alongside the
+/// consume loop, instead of taking turns on one.
+#[derive(Clone)]
+struct GroupWriter {
+    pool: PgPool,
+    partitions: Arc<Partitions>,
+    retrier: Retrier,
+}
+
 impl Sink {
+    fn retrier(&self) -> Retrier {
+        Retrier {
+            shutdown: self.shutdown.clone(),
+            grace: self.shutdown_grace,
+            health: self.health.clone(),
+        }
+    }
+
+    fn group_writer(&self) -> GroupWriter {
+        GroupWriter {
+            pool: self.pool.clone(),
+            partitions: self.partitions.clone(),
+            retrier: self.retrier(),
+        }
+    }
+
     /// Commits the stored offsets synchronously and closes the consumer,
     /// which leaves the group. Blocking: call from `spawn_blocking`.
     pub fn close(self) {
@@ -154,7 +189,7 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     if let Some(last_day) = batch.last_reading_day() {
         retry(
-            sink,
+            &sink.retrier(),
             "partition upkeep",
             || sink.partitions.ensure_through(&sink.pool, last_day),
             |_| Decision::Retry,
@@ -164,22 +199,27 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
     // Each group of partitions in its own transaction, concurrently: one
     // PostgreSQL backend works on one core, and the groups share no row.
     let groups = batch.group_by_partition(sink.write_concurrency);
-    let written = futures::future::join_all(
-        groups
-            .into_iter()
-            .map(|range| write_isolating_refused(sink, &batch, range)),
-    )
-    .await;
+    let shared = Arc::new(batch);
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|range| {
+            let (writer, batch) = (sink.group_writer(), shared.clone());
+            tokio::spawn(async move { write_isolating_refused(&writer, &batch, range).await })
+        })
+        .collect();
+    let written = futures::future::join_all(tasks).await;
+    let mut batch = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("a batch was still shared after its writes ended"))?;
     let mut outcome = BatchOutcome::default();
     for group in written {
-        let (written, refused) = group?;
+        let (written, refused) = group??;
         outcome += written;
         batch.rejected.extend(refused);
     }
     if !batch.rejected.is_empty() {
         // Every publish error is retried: skipping would lose the message.
         retry(
-            sink,
+            &sink.retrier(),
             "dead-letter publish",
             || sink.dead_letters.publish(&batch.rejected),
             |_| Decision::Retry,
@@ -224,7 +264,7 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
 /// rest is written and the refused ones come back as rejects. Halves are
 /// written in order, so the first of two duplicates still wins.
 async fn write_isolating_refused(
-    sink: &Sink,
+    writer: &GroupWriter,
     batch: &Batch,
     readings: Range<usize>,
 ) -> anyhow::Result<(BatchOutcome, Vec<Rejected>)> {
@@ -238,12 +278,12 @@ async fn write_isolating_refused(
         }
         let readings = &batch.readings[range.clone()];
         let write = || async {
-            let result = store::write_batch(&sink.pool, readings).await;
+            let result = store::write_batch(&writer.pool, readings).await;
             if let Err(WriteError::MissingPartition(_)) = &result {
                 // Dropped by hand, or upkeep has not run: recreate, then retry.
-                if let Err(error) = sink
+                if let Err(error) = writer
                     .partitions
-                    .maintain(&sink.pool, Utc::now().date_naive())
+                    .maintain(&writer.pool, Utc::now().date_naive())
                     .await
                 {
                     tracing::warn!(%error, "partition upkeep failed");
@@ -252,7 +292,7 @@ async fn write_isolating_refused(
             result
         };
         let attempt = retry(
-            sink,
+            &writer.retrier,
             "batch write",
             write,
             |error: &WriteError| match error {
@@ -302,7 +342,7 @@ enum Decision {
 /// the outer error, and the batch then stays uncommitted and is re-read
 /// later. The inner result is the operation's success or a given-back error.
 async fn retry<T, E, F, Fut>(
-    sink: &Sink,
+    retrier: &Retrier,
     what: &'static str,
     mut operation: F,
     decide: impl Fn(&E) -> Decision,
@@ -313,8 +353,8 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let give_up = async {
-        sink.shutdown.cancelled().await;
-        tokio::time::sleep(sink.shutdown_grace).await;
+        retrier.shutdown.cancelled().await;
+        tokio::time::sleep(retrier.grace).await;
     };
     tokio::pin!(give_up);
     let mut backoff = Backoff::default();
@@ -330,7 +370,7 @@ where
         if let Decision::GiveBack = decide(&error) {
             return Ok(Err(error));
         }
-        sink.health.record_failure();
+        retrier.health.record_failure();
         let chain = format!("{:#}", anyhow::Error::from(error));
         tracing::warn!(error = %chain, "{what} failed, retrying");
         tokio::select! {
