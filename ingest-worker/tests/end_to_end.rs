@@ -380,3 +380,196 @@ async fn librdkafka_settings_from_the_environment_reach_the_clients() {
     assert!(!gateway.wait_exit(Duration::from_secs(30)).success());
     gateway.wait_for_log("no.such.setting", Duration::from_secs(5));
 }
+
+/// Every service serves Prometheus metrics of what it did: requests by
+/// route and status, readings accepted and rejected, rows per table, dead
+/// letters by reason, consumer lag and the age of the newest stored reading,
+/// query latency and pool use. No label ever carries a device id.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_counts_what_it_did_in_prometheus_metrics() {
+    use test_support::http::{sample, scrape};
+
+    let kafka = MockKafka::start(&[(TOPIC, 2), ("energy.readings.dlq", 1)]);
+    let db = test_support::postgres::fresh_database().await;
+    let wiring = Wiring {
+        database_url: db.url.clone(),
+        bootstrap: kafka.bootstrap(),
+        topic: TOPIC.to_owned(),
+    };
+    let (_worker, worker_url) = wiring.start_worker(
+        "metrics-test",
+        &[("KAFKA_STATISTICS_INTERVAL_MS", "200".to_owned())],
+    );
+    let (_gateway, gateway_url) = wiring.start_gateway(&[]);
+    let (_api, api_url) = wiring.start_query_api();
+    wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
+    wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await;
+
+    let at = Utc::now() - TimeDelta::minutes(10);
+    let valid = json!([
+        vehicle("MX-VEHICLE-1", at, 50.0, 1.5, 25.0),
+        vehicle("MX-VEHICLE-1", at + TimeDelta::minutes(1), 51.0, 1.5, 25.0),
+        meter("MX-METER-1", at, 1.75, 230.0),
+    ]);
+    let answer =
+        test_support::http::ingest(&gateway_url, "application/json", valid.to_string()).await;
+    assert_eq!(answer.status, 202);
+    let invalid = json!([{"type": "VEHICLE"}, {"type": "METER"}]);
+    let answer =
+        test_support::http::ingest(&gateway_url, "application/json", invalid.to_string()).await;
+    assert_eq!(answer.status, 422);
+    // A poison message straight into the topic, bound for the dead-letter topic.
+    produce_all(
+        &producer(&kafka.bootstrap()),
+        TOPIC,
+        &[(Some(b"MX-POISON".to_vec()), Some(b"not json".to_vec()))],
+    )
+    .await;
+
+    let gateway = scrape(&gateway_url).await;
+    assert_eq!(
+        sample(&gateway, "energy_gateway_readings_accepted_total", &[]),
+        Some(3.0),
+        "{gateway}"
+    );
+    assert_eq!(
+        sample(
+            &gateway,
+            "energy_gateway_readings_rejected_total",
+            &[("reason", "invalid")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &gateway,
+            "energy_gateway_requests_total",
+            &[("route", "/v1/ingest"), ("status", "202")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &gateway,
+            "energy_gateway_requests_total",
+            &[("route", "/v1/ingest"), ("status", "422")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &gateway,
+            "energy_gateway_produce_duration_seconds_count",
+            &[("outcome", "acknowledged")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&gateway, "energy_gateway_producer_queue_messages", &[]),
+        Some(0.0)
+    );
+
+    let worker = eventually(
+        "the worker's metrics count every message",
+        Duration::from_secs(60),
+        || async {
+            let text = scrape(&worker_url).await;
+            let rows = |table| {
+                sample(
+                    &text,
+                    "energy_worker_rows_written_total",
+                    &[("table", table)],
+                )
+            };
+            let lag_known = text.contains("energy_worker_consumer_lag_messages{");
+            (rows("vehicle_readings") == Some(2.0)
+                && rows("meter_readings") == Some(1.0)
+                && sample(
+                    &text,
+                    "energy_worker_dead_lettered_total",
+                    &[("reason", "undecodable")],
+                ) == Some(1.0)
+                && lag_known)
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(sample(&worker, "energy_worker_batches_total", &[]).is_some_and(|n| n >= 1.0));
+    assert!(
+        sample(&worker, "energy_worker_batch_duration_seconds_count", &[])
+            .is_some_and(|n| n >= 1.0)
+    );
+    assert!(sample(
+        &worker,
+        "energy_worker_rebalances_total",
+        &[("kind", "assign")]
+    )
+    .is_some_and(|n| n >= 1.0));
+    let age = sample(
+        &worker,
+        "energy_worker_newest_stored_reading_age_seconds",
+        &[],
+    )
+    .expect("age of the newest reading");
+    assert!(
+        (540.0..3600.0).contains(&age),
+        "the newest stored reading is 9 minutes old, not {age} s"
+    );
+    // Once the offsets are committed, every partition with a known lag is at 0.
+    eventually(
+        "consumer lag drops to zero",
+        Duration::from_secs(30),
+        || async {
+            let text = scrape(&worker_url).await;
+            let lags: Vec<Option<f64>> = (0..2)
+                .map(|p| {
+                    sample(
+                        &text,
+                        "energy_worker_consumer_lag_messages",
+                        &[("partition", &p.to_string())],
+                    )
+                })
+                .collect();
+            lags.iter()
+                .all(|lag| lag.is_none_or(|messages| messages == 0.0))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let performance = reqwest::get(format!("{api_url}/v1/analytics/performance/MX-VEHICLE-1"))
+        .await
+        .unwrap();
+    assert_eq!(performance.status(), 200);
+    let api = scrape(&api_url).await;
+    let route = [
+        ("route", "/v1/analytics/performance/{vehicle_id}"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        sample(&api, "energy_query_requests_total", &route),
+        Some(1.0),
+        "{api}"
+    );
+    assert_eq!(
+        sample(
+            &api,
+            "energy_query_request_duration_seconds_count",
+            &[("route", "/v1/analytics/performance/{vehicle_id}")]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(
+        &api,
+        "energy_query_db_pool_connections",
+        &[("state", "idle")]
+    )
+    .is_some());
+
+    for text in [&gateway, &worker, &api] {
+        assert!(
+            !text.contains("MX-"),
+            "a device id leaked into a label:\n{text}"
+        );
+    }
+}

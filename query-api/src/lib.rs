@@ -109,6 +109,14 @@ pub async fn serve(
         args.warning_efficiency,
         args.healthy_efficiency
     );
+    // Before anything is counted: metrics recorded earlier would be lost.
+    shared::metrics::handle();
+    shared::metrics::describe_requests("query");
+    shared::metrics::describe(&[(
+        shared::metrics::Kind::Gauge,
+        "energy_query_db_pool_connections",
+        "Database pool connections by state (idle, in_use), read at scrape time",
+    )]);
     let pool = shared::db::pool(&args.db, "query-api").context("invalid database settings")?;
     shared::db::wait_until_migrated(&pool).await?;
     let state = AppState {
@@ -147,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/meters/{meter_id}/analytics", get(meters::analytics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
@@ -157,7 +166,45 @@ pub fn router(state: AppState) -> Router {
                 .timeout(Duration::from_secs(30)),
         )
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Counts each request by route and status and records its latency (see `shared::metrics`).
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(shared::metrics::UNMATCHED_ROUTE.to_owned(), |path| {
+            path.as_str().to_owned()
+        });
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    shared::metrics::record_request(
+        "query",
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Prometheus text format, with the connection pool's use read at scrape time.
+async fn metrics_text(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let idle = state.pool.num_idle() as f64;
+    let open = f64::from(state.pool.size());
+    metrics::gauge!("energy_query_db_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("energy_query_db_pool_connections", "state" => "in_use").set(open - idle);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            shared::metrics::CONTENT_TYPE,
+        )],
+        shared::metrics::handle().render(),
+    )
 }
 
 async fn healthz() -> &'static str {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

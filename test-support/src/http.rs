@@ -33,3 +33,28 @@ pub async fn ingest(base_url: &str, content_type: &str, body: impl Into<reqwest:
         body,
     }
 }
+
+/// The Prometheus text a service serves at `{base_url}/metrics`.
+pub async fn scrape(base_url: &str) -> String {
+    let response = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("service reachable");
+    assert_eq!(response.status().as_u16(), 200, "GET /metrics");
+    response.text().await.expect("metrics text")
+}
+
+/// The value of the sample `name` whose labels include every one of
+/// `labels`, from Prometheus text; `None` when there is no such sample.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            let metric = line.split_whitespace().next().unwrap_or_default();
+            let metric_name = metric.split('{').next().unwrap_or_default();
+            metric_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| metric.contains(&format!("{key}=\"{value}\"")))
+        })
+        .and_then(|line| line.split_whitespace().last()?.parse().ok())
+}

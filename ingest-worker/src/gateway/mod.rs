@@ -74,6 +74,7 @@ struct AppState {
     rules: ValidationRules,
     max_batch_readings: usize,
     max_body_bytes: usize,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 #[derive(Serialize)]
@@ -98,7 +99,9 @@ pub async fn serve(
         rules: args.validation.rules(),
         max_batch_readings: args.max_batch_readings,
         max_body_bytes: args.max_body_bytes,
+        metrics: shared::metrics::handle(),
     };
+    describe_metrics();
     // Requests never outlive the publish timeout by much; the HTTP timeout is
     // a backstop for slow clients.
     let request_timeout = Duration::from_millis(args.publish_timeout_ms) + Duration::from_secs(25);
@@ -116,6 +119,7 @@ pub async fn serve(
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
@@ -126,6 +130,7 @@ pub async fn serve(
                 .timeout(request_timeout),
         )
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state);
     tracing::info!(addr = %listener.local_addr()?, topic = %args.kafka.kafka_topic, "ingest-gateway listening");
     axum::serve(listener, app)
@@ -159,10 +164,22 @@ async fn ingest(
     }
     // All or nothing: one invalid reading and nothing of the request is published.
     if !errors.is_empty() {
+        let invalid = errors
+            .iter()
+            .map(|e| e.index)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "invalid")
+            .increment(invalid as u64);
         return Err(ApiError::InvalidReadings(errors));
     }
 
-    state.publisher.publish(&readings).await?;
+    if let Err(error) = state.publisher.publish(&readings).await {
+        metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "not_published")
+            .increment(readings.len() as u64);
+        return Err(error.into());
+    }
+    metrics::counter!("energy_gateway_readings_accepted_total").increment(readings.len() as u64);
     Ok((
         StatusCode::ACCEPTED,
         Json(IngestResponse {
@@ -170,6 +187,68 @@ async fn ingest(
             accepted: readings.len(),
         }),
     ))
+}
+
+fn describe_metrics() {
+    use shared::metrics::Kind::{Counter, Gauge, Histogram};
+    shared::metrics::describe_requests("gateway");
+    shared::metrics::describe(&[
+        (
+            Counter,
+            "energy_gateway_readings_accepted_total",
+            "Readings acknowledged by Kafka and answered 202",
+        ),
+        (
+            Counter,
+            "energy_gateway_readings_rejected_total",
+            "Readings refused, by reason (invalid, not_published)",
+        ),
+        (
+            Histogram,
+            "energy_gateway_produce_duration_seconds",
+            "Time from publishing a request's readings to the last acknowledgement",
+        ),
+        (
+            Gauge,
+            "energy_gateway_producer_queue_messages",
+            "Messages in the producer's queue, not yet acknowledged",
+        ),
+    ]);
+}
+
+/// Counts each request by route and status (see `shared::metrics`).
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(shared::metrics::UNMATCHED_ROUTE.to_owned(), |path| {
+            path.as_str().to_owned()
+        });
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    shared::metrics::record_request(
+        "gateway",
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Prometheus text format; gauges read at scrape time are set first.
+async fn metrics_text(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    metrics::gauge!("energy_gateway_producer_queue_messages")
+        .set(f64::from(state.publisher.queued_messages()));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            shared::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(),
+    )
 }
 
 async fn healthz() -> &'static str {

@@ -44,6 +44,24 @@ impl Publisher {
     /// On failure some readings may have been published: the caller retries
     /// the whole request and the worker stores each duplicate once.
     pub async fn publish(&self, readings: &[Reading]) -> Result<(), PublishError> {
+        let started = std::time::Instant::now();
+        let published = self.publish_all(readings).await;
+        let outcome = if published.is_ok() {
+            "acknowledged"
+        } else {
+            "failed"
+        };
+        metrics::histogram!("energy_gateway_produce_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        published
+    }
+
+    /// Messages handed to librdkafka and not yet acknowledged or failed.
+    pub fn queued_messages(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    async fn publish_all(&self, readings: &[Reading]) -> Result<(), PublishError> {
         let mut deliveries = Vec::with_capacity(readings.len());
         for reading in readings {
             let payload = wire::encode(reading)?;

@@ -112,8 +112,8 @@ impl Batch {
         *last = (*last).max(message.offset());
     }
 
-    /// The UTC day of the newest reading (assignments are not partitioned).
-    pub fn last_reading_day(&self) -> Option<NaiveDate> {
+    /// The event time of the newest reading (assignments aside).
+    pub fn newest_reading_time(&self) -> Option<DateTime<Utc>> {
         self.readings
             .iter()
             .filter_map(|reading| match reading {
@@ -122,7 +122,12 @@ impl Batch {
                 Reading::Assignment(_) => None,
             })
             .max()
-            .map(|at| at.instant().date_naive())
+            .map(|at| at.instant())
+    }
+
+    /// The UTC day of the newest reading (assignments are not partitioned).
+    pub fn last_reading_day(&self) -> Option<NaiveDate> {
+        self.newest_reading_time().map(|at| at.date_naive())
     }
 
     fn keep(&mut self, bytes: &[u8]) -> Range<usize> {

@@ -126,12 +126,62 @@ impl WorkerArgs {
     }
 }
 
+fn describe_metrics() {
+    use shared::metrics::Kind::{Counter, Gauge, Histogram};
+    shared::metrics::describe(&[
+        (Counter, "energy_worker_batches_total", "Batches committed"),
+        (
+            Histogram,
+            "energy_worker_batch_duration_seconds",
+            "Time to make a batch durable (database, dead letters)",
+        ),
+        (
+            Counter,
+            "energy_worker_rows_written_total",
+            "Rows stored, by table",
+        ),
+        (
+            Counter,
+            "energy_worker_duplicates_total",
+            "Readings not stored because already stored",
+        ),
+        (
+            Counter,
+            "energy_worker_dead_lettered_total",
+            "Messages sent to the dead-letter topic, by kind of reason",
+        ),
+        (
+            Counter,
+            "energy_worker_retries_total",
+            "Failed attempts retried, by operation",
+        ),
+        (
+            Counter,
+            "energy_worker_rebalances_total",
+            "Partitions assigned or revoked, by kind",
+        ),
+        (
+            Gauge,
+            "energy_worker_consumer_lag_messages",
+            "Messages behind the partition's end, by partition (librdkafka statistics)",
+        ),
+        (
+            Gauge,
+            "energy_worker_newest_stored_reading_age_seconds",
+            "Now minus the event time of the newest reading stored",
+        ),
+    ]);
+}
+
 /// Runs the worker until `shutdown` completes: then it stops fetching,
 /// flushes and commits the open batch, leaves the group and returns.
 pub async fn run(
     args: WorkerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything is counted: metrics recorded earlier would be lost.
+    shared::metrics::handle();
+    describe_metrics();
     let pool = db::pool(&args.db, "ingest-worker").context("invalid database settings")?;
     db::wait_until_migrated(&pool).await?;
     let partitions = Arc::new(Partitions::new(
@@ -309,6 +359,8 @@ fn consumer_config(args: &WorkerArgs) -> ClientConfig {
             // its default of 1 s left the worker idle for most of a second
             // after each full queue had drained (BENCHMARKS.md).
             ("fetch.queue.backoff.ms", "20".to_owned()),
+            // Per-partition consumer lag for /metrics (WorkerContext::stats).
+            ("statistics.interval.ms", "5000".to_owned()),
             ("enable.partition.eof", "false".to_owned()),
         ],
         // Offsets are stored by hand after the batch's transaction commits and

@@ -235,6 +235,10 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
         }
     }
     sink.health.record_success();
+    if let Some(newest) = batch.newest_reading_time() {
+        sink.health.record_stored(newest);
+    }
+    record_batch_metrics(&batch, &outcome, started.elapsed());
     for (&partition, &last_offset) in &batch.last_offsets {
         // `store_offset` stores last_offset + 1: the next message to read.
         if let Err(error) = sink
@@ -257,6 +261,38 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
         "batch committed"
     );
     Ok(())
+}
+
+/// Counts a committed batch: rows per table, duplicates, dead letters by
+/// kind of reason, its duration, and the newest event time now stored.
+fn record_batch_metrics(batch: &Batch, outcome: &BatchOutcome, elapsed: Duration) {
+    metrics::counter!("energy_worker_batches_total").increment(1);
+    metrics::histogram!("energy_worker_batch_duration_seconds").record(elapsed.as_secs_f64());
+    for (table, rows) in [
+        ("vehicle_readings", outcome.vehicle_rows),
+        ("meter_readings", outcome.meter_rows),
+        ("assignments", outcome.assignment_rows),
+    ] {
+        metrics::counter!("energy_worker_rows_written_total", "table" => table).increment(rows);
+    }
+    metrics::counter!("energy_worker_duplicates_total").increment(outcome.duplicates);
+    for rejected in &batch.rejected {
+        metrics::counter!("energy_worker_dead_lettered_total", "reason" => reason_kind(&rejected.reason))
+            .increment(1);
+    }
+}
+
+/// A dead letter's reason as one of a few label values.
+fn reason_kind(reason: &str) -> &'static str {
+    if reason.starts_with("database refused") {
+        "refused_by_database"
+    } else if reason.starts_with("invalid reading") {
+        "invalid"
+    } else if reason.starts_with("empty payload") {
+        "empty"
+    } else {
+        "undecodable"
+    }
 }
 
 /// Writes the batch's readings in `readings`. When the database refuses a
@@ -371,6 +407,7 @@ where
             return Ok(Err(error));
         }
         retrier.health.record_failure();
+        metrics::counter!("energy_worker_retries_total", "operation" => what).increment(1);
         let chain = format!("{:#}", anyhow::Error::from(error));
         tracing::warn!(error = %chain, "{what} failed, retrying");
         tokio::select! {

@@ -37,12 +37,29 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
         .collect()
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the
+    /// consumer lag of each assigned partition, in messages.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for (&partition, stats) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a
+                // negative lag means not known yet.
+                if partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!("energy_worker_consumer_lag_messages", "partition" => partition.to_string())
+                        .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(list) => {
+                metrics::counter!("energy_worker_rebalances_total", "kind" => "revoke")
+                    .increment(1);
                 let revoked = partitions(list);
                 tracing::info!(partitions = ?revoked, "partitions revoked");
                 self.revoked
@@ -51,6 +68,8 @@ impl ConsumerContext for WorkerContext {
                     .extend(revoked);
             }
             Rebalance::Assign(list) => {
+                metrics::counter!("energy_worker_rebalances_total", "kind" => "assign")
+                    .increment(1);
                 tracing::info!(partitions = ?partitions(list), "partitions assigned")
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
