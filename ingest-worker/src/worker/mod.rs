@@ -73,8 +73,8 @@ pub struct WorkerArgs {
     /// a batch (live traffic is flushed by BATCH_MAX_WAIT_MS first), and in
     /// a backlog a large batch holds several readings per device: rollup and
     /// current-state rows are upserted once per device and hour per batch,
-    /// so they shrink per reading. 100,000 drained about twice as fast as
-    /// 10,000 (BENCHMARKS.md); the price is memory: two batches (one
+    /// so they shrink per reading. 100,000 drained 1.8× as fast as 10,000
+    /// (BENCHMARKS.md); the price is memory: two batches (one
     /// writing, one filling) of ~1 KiB per message, ~185 MiB peak in all
     #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 100_000)]
     pub batch_max_readings: usize,
@@ -88,7 +88,7 @@ pub struct WorkerArgs {
     /// Concurrent transactions a batch is written with, each holding a
     /// disjoint group of topic partitions (so no two touch the same device).
     /// One PostgreSQL backend works on one core: with 2, a backlog drains
-    /// about 1.5× faster on a 2-core server (BENCHMARKS.md). Each takes a
+    /// about 1.3× faster on a 2-core server (BENCHMARKS.md). Each takes a
     /// pooled connection, so keep DB_MAX_CONNECTIONS above it
     #[arg(long, env = "BATCH_WRITE_CONCURRENCY", default_value_t = 2)]
     pub batch_write_concurrency: usize,
