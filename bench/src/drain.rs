@@ -142,94 +142,39 @@ pub async fn run(
 
     let messages = data.readings.len() as f64;
     let history = encoded.rows as f64;
-    let worker_rates: Vec<f64> = results
-        .iter()
-        .map(|r| messages / r.after_join.as_secs_f64())
-        .collect();
-    let copy_rates: Vec<f64> = results
-        .iter()
-        .map(|r| history / r.copy.as_secs_f64())
-        .collect();
-    let naive_rates: Vec<f64> = results.iter().map(|r| r.naive_rate).collect();
+    let column = |f: &dyn Fn(&DrainRun) -> f64| results.iter().map(f).collect::<Vec<f64>>();
+    let copy_rates = column(&|r| history / r.copy.as_secs_f64());
+    let worker_rates = column(&|r| messages / r.after_join.as_secs_f64());
+    let naive_rates = column(&|r| r.naive_rate);
     let mut table = Table::new(&["approach", "time", "readings/s", "vs binary COPY"]);
     table.row(vec![
         "binary COPY of the history rows (the limit)".into(),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.copy.as_secs_f64())
-                .collect::<Vec<_>>(),
-            seconds,
-        ),
+        runs_cell(&column(&|r| r.copy.as_secs_f64()), seconds),
         runs_cell(&copy_rates, per_second),
         "1.00×".into(),
     ]);
-    table.row(vec![
-        "librdkafka consumer alone reading the topic back (the broker side's limit)".into(),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.consume_only.as_secs_f64())
-                .collect::<Vec<_>>(),
-            seconds,
+    // Rows timed over all messages: time, rate, and COPY's time over theirs.
+    let timed: [(&str, RunTime); 3] = [
+        (
+            "librdkafka consumer alone reading the topic back (the broker side's limit)",
+            |r| r.consume_only,
         ),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| messages / r.consume_only.as_secs_f64())
-                .collect::<Vec<_>>(),
-            per_second,
-        ),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.copy.as_secs_f64() / r.consume_only.as_secs_f64())
-                .collect::<Vec<_>>(),
-            ratio,
-        ),
-    ]);
-    table.row(vec![
-        "ingest-worker, defaults, after joining the group".into(),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.after_join.as_secs_f64())
-                .collect::<Vec<_>>(),
-            seconds,
-        ),
-        runs_cell(&worker_rates, per_second),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.copy.as_secs_f64() / r.after_join.as_secs_f64())
-                .collect::<Vec<_>>(),
-            ratio,
-        ),
-    ]);
-    table.row(vec![
-        "ingest-worker, from process start".into(),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.total.as_secs_f64())
-                .collect::<Vec<_>>(),
-            seconds,
-        ),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| messages / r.total.as_secs_f64())
-                .collect::<Vec<_>>(),
-            per_second,
-        ),
-        runs_cell(
-            &results
-                .iter()
-                .map(|r| r.copy.as_secs_f64() / r.total.as_secs_f64())
-                .collect::<Vec<_>>(),
-            ratio,
-        ),
-    ]);
+        ("ingest-worker, defaults, after joining the group", |r| {
+            r.after_join
+        }),
+        ("ingest-worker, from process start", |r| r.total),
+    ];
+    for (label, time) in timed {
+        table.row(vec![
+            label.into(),
+            runs_cell(&column(&|r| time(r).as_secs_f64()), seconds),
+            runs_cell(&column(&|r| messages / time(r).as_secs_f64()), per_second),
+            runs_cell(
+                &column(&|r| r.copy.as_secs_f64() / time(r).as_secs_f64()),
+                ratio,
+            ),
+        ]);
+    }
     table.row(vec![
         format!(
             "one INSERT + one UPSERT per reading (sample of {})",
@@ -354,6 +299,9 @@ struct Drained {
 
 /// Pre-fills a topic, times a bare consumer reading it back, then starts a
 /// worker and times it until every message is committed.
+/// Picks one measured duration out of a run.
+type RunTime = fn(&DrainRun) -> Duration;
+
 /// A fresh broker whose topic holds every message of `data`.
 async fn prefilled_broker(data: &Data) -> anyhow::Result<Broker> {
     let broker = Broker::start(&[(TOPIC, PARTITIONS), ("bench.drain.dlq", 1)])?;
