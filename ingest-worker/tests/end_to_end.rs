@@ -384,7 +384,8 @@ async fn librdkafka_settings_from_the_environment_reach_the_clients() {
 /// Every service serves Prometheus metrics of what it did: requests by
 /// route and status, readings accepted and rejected, rows per table, dead
 /// letters by reason, consumer lag and the age of the newest stored reading,
-/// query latency and pool use. No label ever carries a device id.
+/// query latency and pool use. No label ever carries a device id. And the
+/// HTTP services answer with a request id, the one their logs' spans carry.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_service_counts_what_it_did_in_prometheus_metrics() {
     use test_support::http::{sample, scrape};
@@ -571,5 +572,28 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
             !text.contains("MX-"),
             "a device id leaked into a label:\n{text}"
         );
+    }
+
+    // Every answer carries a request id: the client's own, or a new UUID.
+    let client = reqwest::Client::new();
+    for url in [
+        format!("{gateway_url}/readyz"),
+        format!("{api_url}/v1/analytics/performance/MX-VEHICLE-1"),
+    ] {
+        let made = client.get(&url).send().await.unwrap();
+        let id = made
+            .headers()
+            .get("x-request-id")
+            .expect("a request id")
+            .to_str()
+            .unwrap();
+        assert_eq!(id.len(), 36, "a UUID, not {id:?}");
+        let echoed = client
+            .get(&url)
+            .header("x-request-id", "trace-me-42")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(echoed.headers().get("x-request-id").unwrap(), "trace-me-42");
     }
 }

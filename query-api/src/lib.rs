@@ -36,6 +36,7 @@ use shared::config::DbArgs;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -165,7 +166,14 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(Duration::from_secs(30)),
         )
-        .layer(TraceLayer::new_for_http())
+        // Request ids: an incoming x-request-id is kept (else a UUID is
+        // made), recorded on the request's span, and returned.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(shared::telemetry::request_span))
+                .layer(PropagateRequestIdLayer::new(request_id_header())),
+        )
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
 }
@@ -217,4 +225,8 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     } else {
         Err(ApiError::Unavailable("the database is not reachable"))
     }
+}
+
+fn request_id_header() -> axum::http::HeaderName {
+    axum::http::HeaderName::from_static(shared::telemetry::REQUEST_ID_HEADER)
 }

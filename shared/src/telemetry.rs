@@ -14,3 +14,23 @@ pub fn init() {
         builder.try_init()
     };
 }
+
+/// The header carrying a request's id: the client's own if it sent one,
+/// else a new UUID; every answer carries it back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The span of one HTTP request, with its method, path and request id, so
+/// every log line of the request can be found by the id the client got.
+pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    )
+}

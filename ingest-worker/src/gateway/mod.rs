@@ -29,6 +29,7 @@ use shared::config::{KafkaArgs, ValidationArgs};
 use shared::wire::{decode_value, ValidationRules};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use self::body::BodyFormat;
@@ -129,7 +130,14 @@ pub async fn serve(
                 }))
                 .timeout(request_timeout),
         )
-        .layer(TraceLayer::new_for_http())
+        // Request ids: an incoming x-request-id is kept (else a UUID is
+        // made), recorded on the request's span, and returned.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(shared::telemetry::request_span))
+                .layer(PropagateRequestIdLayer::new(request_id_header())),
+        )
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state);
     tracing::info!(addr = %listener.local_addr()?, topic = %args.kafka.kafka_topic, "ingest-gateway listening");
@@ -261,4 +269,8 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     } else {
         Err(ApiError::NotReady("the Kafka cluster is not reachable"))
     }
+}
+
+fn request_id_header() -> axum::http::HeaderName {
+    axum::http::HeaderName::from_static(shared::telemetry::REQUEST_ID_HEADER)
 }
