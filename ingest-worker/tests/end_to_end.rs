@@ -405,6 +405,7 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
     let (_api, api_url) = wiring.start_query_api();
     wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
     wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await;
+    wait_until_ok(&format!("{worker_url}/healthz"), Duration::from_secs(30)).await;
 
     let at = Utc::now() - TimeDelta::minutes(10);
     let valid = json!([
