@@ -112,7 +112,7 @@ pub async fn serve(
     );
     // Before anything is counted: metrics recorded earlier would be lost.
     shared::metrics::handle();
-    shared::metrics::describe_requests("query");
+    shared::metrics::describe_requests(&shared::metrics::QUERY_REQUESTS);
     shared::metrics::describe(&[(
         shared::metrics::Kind::Gauge,
         "energy_query_db_pool_connections",
@@ -192,7 +192,7 @@ async fn count_request(
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     shared::metrics::record_request(
-        "query",
+        &shared::metrics::QUERY_REQUESTS,
         &route,
         response.status().as_u16(),
         started.elapsed(),

@@ -30,23 +30,34 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Counts one HTTP request of `service` and records its duration, by route
-/// template (`/v1/meters/{meter_id}`, never the id itself) and status.
+/// The request metrics of one HTTP service, named once, at compile time.
+pub struct RequestMetrics {
+    pub requests: &'static str,
+    pub duration: &'static str,
+}
+
+pub const GATEWAY_REQUESTS: RequestMetrics = RequestMetrics {
+    requests: "energy_gateway_requests_total",
+    duration: "energy_gateway_request_duration_seconds",
+};
+
+pub const QUERY_REQUESTS: RequestMetrics = RequestMetrics {
+    requests: "energy_query_requests_total",
+    duration: "energy_query_request_duration_seconds",
+};
+
+/// Counts one HTTP request and records its duration, by route template
+/// (`/v1/meters/{meter_id}`, never the id itself) and status.
 pub fn record_request(
-    service: &'static str,
+    names: &RequestMetrics,
     route: &str,
     status: u16,
     elapsed: std::time::Duration,
 ) {
     let route = route.to_owned();
-    metrics::counter!(
-        format!("energy_{service}_requests_total"),
-        "route" => route.clone(),
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(format!("energy_{service}_request_duration_seconds"), "route" => route)
-        .record(elapsed.as_secs_f64());
+    metrics::counter!(names.requests, "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(names.duration, "route" => route).record(elapsed.as_secs_f64());
 }
 
 /// The route label of a request that matched no route: one value for all of
@@ -74,28 +85,17 @@ pub fn describe(metrics: &[(Kind, &'static str, &'static str)]) {
     }
 }
 
-/// Request metrics every HTTP service has, under its own prefix.
-pub fn describe_requests(service: &'static str) {
-    let (requests, duration) = match service {
-        "gateway" => (
-            "energy_gateway_requests_total",
-            "energy_gateway_request_duration_seconds",
-        ),
-        "query" => (
-            "energy_query_requests_total",
-            "energy_query_request_duration_seconds",
-        ),
-        _ => return,
-    };
+/// Help text of a service's request metrics.
+pub fn describe_requests(names: &RequestMetrics) {
     describe(&[
         (
             Kind::Counter,
-            requests,
+            names.requests,
             "HTTP requests by route template and status",
         ),
         (
             Kind::Histogram,
-            duration,
+            names.duration,
             "HTTP request latency by route template",
         ),
     ]);

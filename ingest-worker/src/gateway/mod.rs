@@ -199,7 +199,7 @@ async fn ingest(
 
 fn describe_metrics() {
     use shared::metrics::Kind::{Counter, Gauge, Histogram};
-    shared::metrics::describe_requests("gateway");
+    shared::metrics::describe_requests(&shared::metrics::GATEWAY_REQUESTS);
     shared::metrics::describe(&[
         (
             Counter,
@@ -238,7 +238,7 @@ async fn count_request(
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     shared::metrics::record_request(
-        "gateway",
+        &shared::metrics::GATEWAY_REQUESTS,
         &route,
         response.status().as_u16(),
         started.elapsed(),
