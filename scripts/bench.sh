@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
+source scripts/apt.sh
 
 pg_ensure_installed
+build_deps_ensure
 cargo build --release --workspace --bins
 
 workdir="$(mktemp -d /tmp/energy-bench.XXXXXX)"

@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
+source scripts/apt.sh
 
 DATA_DIR="$PWD/.data"
 PG_PORT="${PG_PORT:-55432}"
@@ -36,6 +37,7 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 echo "building (the first build takes a few minutes)..."
+build_deps_ensure
 cargo build --bins --quiet
 BIN="$PWD/target/debug"
 

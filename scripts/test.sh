@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
+source scripts/apt.sh
 
 pg_ensure_installed
+build_deps_ensure
 workdir="$(mktemp -d /tmp/energy-test.XXXXXX)"
 chmod 755 "$workdir"
 port="$(free_port)"

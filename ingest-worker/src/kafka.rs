@@ -89,6 +89,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn librdkafka_is_built_with_tls_sasl_and_every_compression() {
+        let features = ClientConfig::new()
+            .create_native_config()
+            .unwrap()
+            .get("builtin.features")
+            .unwrap();
+        let features: Vec<&str> = features.split(',').collect();
+        for wanted in [
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "zstd",
+            "lz4",
+            "snappy",
+            "gzip",
+        ] {
+            assert!(
+                features.contains(&wanted),
+                "{wanted} missing from {features:?}"
+            );
+        }
+        // librdkafka checks these when the client is created.
+        let producer: Result<rdkafka::producer::BaseProducer, _> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9093")
+            .set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "worker")
+            .set("sasl.password", "secret")
+            .set("compression.type", "zstd")
+            .create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
     fn kafka_variables_become_librdkafka_properties_except_our_own() {
         let vars = [
             ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),

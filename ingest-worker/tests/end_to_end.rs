@@ -44,7 +44,7 @@ impl Stack {
         wiring.migrate();
         let (gateway, gateway_url) = wiring.start_gateway(&[]);
         let (worker, _) = wiring.start_worker(GROUP, &[]);
-        let (api, api_url) = wiring.start_query_api();
+        let (api, api_url) = wiring.start_query_api(&[]);
         wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
         wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await;
         Self {
@@ -381,6 +381,44 @@ async fn librdkafka_settings_from_the_environment_reach_the_clients() {
     gateway.wait_for_log("no.such.setting", Duration::from_secs(5));
 }
 
+/// Producers may compress (`KAFKA_COMPRESSION_TYPE`): zstd and lz4 batches
+/// from two gateways reach the worker and are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_batches_are_stored() {
+    let kafka = MockKafka::start(&[(TOPIC, 2), ("energy.readings.dlq", 1)]);
+    let db = test_support::postgres::fresh_database().await;
+    let wiring = Wiring {
+        database_url: db.url.clone(),
+        bootstrap: kafka.bootstrap(),
+        topic: TOPIC.to_owned(),
+    };
+    let (_worker, _) = wiring.start_worker("compressed", &[]);
+    let at = Utc::now() - TimeDelta::minutes(5);
+    let mut gateways = Vec::new();
+    for (codec, vehicle_id) in [("zstd", "Z"), ("lz4", "L")] {
+        let (gateway, url) = wiring.start_gateway(&[("KAFKA_COMPRESSION_TYPE", codec.to_owned())]);
+        wait_until_ok(&format!("{url}/readyz"), Duration::from_secs(30)).await;
+        let body = json!([
+            vehicle(vehicle_id, at, 50.0, 1.0, 25.0),
+            vehicle(vehicle_id, at + TimeDelta::minutes(1), 51.0, 1.0, 25.0),
+        ]);
+        let answer = test_support::http::ingest(&url, "application/json", body.to_string()).await;
+        assert_eq!(answer.status, 202, "{codec}: {}", answer.body);
+        gateways.push(gateway);
+    }
+    eventually(
+        "the compressed readings stored",
+        Duration::from_secs(60),
+        || async {
+            let stored = db
+                .count("SELECT count(*) FROM vehicle_readings WHERE vehicle_id IN ('Z', 'L')")
+                .await;
+            (stored == 4).then_some(())
+        },
+    )
+    .await;
+}
+
 /// Every service serves Prometheus metrics of what it did: requests by
 /// route and status, readings accepted and rejected, rows per table, dead
 /// letters by reason, consumer lag and the age of the newest stored reading,
@@ -402,7 +440,7 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
         &[("KAFKA_STATISTICS_INTERVAL_MS", "200".to_owned())],
     );
     let (_gateway, gateway_url) = wiring.start_gateway(&[]);
-    let (_api, api_url) = wiring.start_query_api();
+    let (_api, api_url) = wiring.start_query_api(&[]);
     wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
     wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await;
     wait_until_ok(&format!("{worker_url}/healthz"), Duration::from_secs(30)).await;
