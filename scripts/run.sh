@@ -61,6 +61,14 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
 fi
 export KAFKA_BROKERS
 
+# The local demo serves without API keys, explicitly: anyone on this machine
+# may ingest and read. Give API_KEYS (and FLEET_SIM_API_KEY, a key with the
+# ingest role) to run it with access control.
+if [ -z "${API_KEYS:-}${API_KEYS_FILE:-}" ]; then
+  export AUTH_DISABLED=true
+  echo "API_KEYS not set: AUTH_DISABLED=true, the services accept requests without a key (local demo only)"
+fi
+
 "$BIN/ingest-worker" migrate
 "$BIN/ingest-worker" >"$DATA_DIR/logs/ingest-worker.log" 2>&1 & pids+=($!)
 "$BIN/ingest-gateway" >"$DATA_DIR/logs/ingest-gateway.log" 2>&1 & pids+=($!)

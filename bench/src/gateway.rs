@@ -76,6 +76,7 @@ pub async fn run(
                 ("KAFKA_BROKERS", broker.bootstrap.clone()),
                 ("KAFKA_TOPIC", TOPIC.to_owned()),
                 ("GATEWAY_ADDR", format!("127.0.0.1:{port}")),
+                ("AUTH_DISABLED", "true".to_owned()),
             ],
         );
         let url = format!("http://127.0.0.1:{port}");
@@ -84,6 +85,7 @@ pub async fn run(
             url: url.clone(),
             batch_size,
             concurrency,
+            api_key: None,
         };
 
         let direct = send(

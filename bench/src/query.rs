@@ -202,6 +202,7 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         &[
             ("DATABASE_URL", db.url.clone()),
             ("QUERY_API_ADDR", format!("127.0.0.1:{port}")),
+            ("AUTH_DISABLED", "true".to_owned()),
         ],
     );
     let base = format!("http://127.0.0.1:{port}");

@@ -92,6 +92,10 @@ struct Cli {
     #[arg(long, env = "FLEET_SIM_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
 
+    /// API key with the ingest role, sent to the gateway as a bearer token
+    #[arg(long, env = "FLEET_SIM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
     /// Kafka bootstrap servers (with --to kafka)
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
@@ -147,6 +151,7 @@ impl Cli {
             Target::Gateway => Destination::Gateway {
                 url: self.gateway_url.clone(),
                 batch_size: self.batch_size,
+                api_key: self.api_key.clone(),
                 concurrency: self.concurrency,
             },
             Target::Kafka => Destination::Kafka {

@@ -31,6 +31,8 @@ pub enum Destination {
         batch_size: usize,
         /// Requests in flight at once.
         concurrency: usize,
+        /// Sent as `Authorization: Bearer <key>` (a key with the ingest role).
+        api_key: Option<String>,
     },
     Kafka {
         brokers: String,
@@ -132,10 +134,12 @@ impl Sender {
                 url,
                 batch_size,
                 concurrency,
+                api_key,
             } => Inner::Gateway {
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(*concurrency)
+                    .default_headers(authorization(api_key.as_deref())?)
                     .build()?,
                 url: format!("{}/v1/ingest", url.trim_end_matches('/')),
                 batch_size: (*batch_size).max(1),
@@ -377,4 +381,16 @@ impl ProducerContext for DeliveryCounter {
             }
         }
     }
+}
+
+/// The `Authorization` header for `api_key`, marked sensitive so it is never logged.
+fn authorization(api_key: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
 }

@@ -375,6 +375,7 @@ async fn librdkafka_settings_from_the_environment_reach_the_clients() {
             ("KAFKA_BROKERS", kafka.bootstrap()),
             ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
             ("KAFKA_NO_SUCH_SETTING", "1".to_owned()),
+            ("AUTH_DISABLED", "true".to_owned()),
         ],
     );
     assert!(!gateway.wait_exit(Duration::from_secs(30)).success());

@@ -31,6 +31,7 @@ impl Gateway {
             format!("--kafka-brokers={}", kafka.bootstrap()),
             format!("--kafka-topic={TOPIC}"),
             "--publish-timeout-ms=1500".to_owned(),
+            "--auth-disabled".to_owned(),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Cli::parse_from(argv).gateway;

@@ -21,6 +21,8 @@ pub enum ApiError {
     Timeout,
     #[error("internal error")]
     Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Unauthorized(#[from] shared::auth::AuthError),
 }
 
 impl IntoResponse for ApiError {
@@ -42,6 +44,17 @@ impl IntoResponse for ApiError {
             ApiError::Database(error) => {
                 tracing::error!(%error, "database error");
                 (StatusCode::INTERNAL_SERVER_ERROR, self.to_string())
+            }
+            ApiError::Unauthorized(error) => {
+                let mut response =
+                    (error.status(), Json(json!({ "error": self.to_string() }))).into_response();
+                if let Some(challenge) = error.challenge() {
+                    response.headers_mut().insert(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static(challenge),
+                    );
+                }
+                return response;
             }
         };
         (status, Json(json!({ "error": message }))).into_response()

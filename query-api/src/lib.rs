@@ -32,6 +32,7 @@ use axum::routing::get;
 use axum::BoxError;
 use axum::Router;
 use clap::Args;
+use shared::auth::{ApiKeys, AuthArgs, Role};
 use shared::config::DbArgs;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -50,6 +51,9 @@ pub struct QueryArgs {
 
     #[command(flatten)]
     pub db: DbArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// Longest analytics window a request may ask for, in days
     #[arg(long, env = "MAX_WINDOW_DAYS", default_value_t = 31)]
@@ -75,6 +79,7 @@ pub struct AppState {
     pub max_window: chrono::TimeDelta,
     pub thresholds: fleet::Thresholds,
     pub retention_days: u32,
+    pub keys: ApiKeys,
 }
 
 impl AppState {
@@ -118,12 +123,19 @@ pub async fn serve(
         "energy_query_db_pool_connections",
         "Database pool connections by state (idle, in_use), read at scrape time",
     )]);
+    let keys = ApiKeys::from_args(&args.auth)?;
+    if keys.is_disabled() {
+        tracing::warn!(
+            "AUTH_DISABLED: anyone who can reach this API may read every fleet's analytics"
+        );
+    }
     let pool = shared::db::pool(&args.db, "query-api").context("invalid database settings")?;
     shared::db::wait_until_migrated(&pool).await?;
     let state = AppState {
         pool,
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
         retention_days: args.retention_days,
+        keys,
         thresholds: fleet::Thresholds {
             healthy: args.healthy_efficiency,
             warning: args.warning_efficiency,
@@ -137,7 +149,9 @@ pub async fn serve(
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Everything under /v1 needs a key with the read role; health, metrics
+    // and the API description do not.
+    let analytics = Router::new()
         .route(
             "/v1/analytics/performance/vehicleid",
             get(performance::by_query),
@@ -154,6 +168,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vehicles/{vehicle_id}", get(devices::vehicle))
         .route("/v1/meters/{meter_id}", get(devices::meter))
         .route("/v1/meters/{meter_id}/analytics", get(meters::analytics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            require_read_key,
+        ));
+    Router::new()
+        .merge(analytics)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -176,6 +196,16 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Lets through only requests whose key holds the read role.
+async fn require_read_key(
+    State(keys): State<ApiKeys>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    keys.authorize(request.headers(), Role::Read)?;
+    Ok(next.run(request).await)
 }
 
 /// Counts each request by route and status and records its latency (see `shared::metrics`).

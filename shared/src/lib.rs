@@ -6,6 +6,7 @@
 //! Invariant: this crate never depends on rdkafka or axum, so query-api never
 //! builds librdkafka.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -39,6 +39,8 @@ pub enum ApiError {
     Timeout,
     #[error("the gateway is at its concurrent request limit: retry later")]
     Overloaded,
+    #[error("{0}")]
+    Unauthorized(#[from] shared::auth::AuthError),
 }
 
 /// Seconds a client should wait before retrying after a 503.
@@ -91,6 +93,16 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => json_error(StatusCode::METHOD_NOT_ALLOWED, &message),
             ApiError::Timeout => json_error(StatusCode::REQUEST_TIMEOUT, &message),
             ApiError::Overloaded => unavailable(&message),
+            ApiError::Unauthorized(error) => {
+                let mut response = json_error(error.status(), &message);
+                if let Some(challenge) = error.challenge() {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static(challenge),
+                    );
+                }
+                response
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use clap::Args;
 use serde::Serialize;
+use shared::auth::{ApiKeys, AuthArgs, Role};
 use shared::config::{KafkaArgs, ValidationArgs};
 use shared::wire::{decode_value, ValidationRules};
 use tokio::net::TcpListener;
@@ -48,6 +49,9 @@ pub struct GatewayArgs {
 
     #[command(flatten)]
     pub validation: ValidationArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// Most readings one request may carry (a JSON array or NDJSON lines)
     #[arg(long, env = "GATEWAY_MAX_BATCH_READINGS", default_value_t = 10_000)]
@@ -91,6 +95,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let keys = ApiKeys::from_args(&args.auth)?;
+    if keys.is_disabled() {
+        tracing::warn!("AUTH_DISABLED: anyone who can reach this gateway may ingest readings");
+    }
     let publisher = Arc::new(Publisher::new(
         &args.kafka,
         Duration::from_millis(args.publish_timeout_ms),
@@ -109,14 +117,20 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/v1/ingest",
-            post(ingest).layer(
-                ServiceBuilder::new()
-                    .layer(HandleErrorLayer::new(|_: BoxError| async {
-                        ApiError::Overloaded
-                    }))
-                    .load_shed()
-                    .concurrency_limit(args.max_concurrent_requests.max(1)),
-            ),
+            post(ingest)
+                .layer(
+                    ServiceBuilder::new()
+                        .layer(HandleErrorLayer::new(|_: BoxError| async {
+                            ApiError::Overloaded
+                        }))
+                        .load_shed()
+                        .concurrency_limit(args.max_concurrent_requests.max(1)),
+                )
+                // Outermost: a request without the key takes no slot of the limit.
+                .layer(axum::middleware::from_fn_with_state(
+                    keys,
+                    require_ingest_key,
+                )),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -146,6 +160,16 @@ pub async fn serve(
         .await?;
     publisher.flush().await;
     Ok(())
+}
+
+/// Lets through only requests whose key holds the ingest role.
+async fn require_ingest_key(
+    State(keys): State<ApiKeys>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    keys.authorize(request.headers(), Role::Ingest)?;
+    Ok(next.run(request).await)
 }
 
 async fn ingest(

@@ -19,7 +19,12 @@ pub fn args(db: &TestDatabase) -> QueryArgs {
         #[command(flatten)]
         query: QueryArgs,
     }
-    Cli::parse_from(["query-api", &format!("--database-url={}", db.url)]).query
+    Cli::parse_from([
+        "query-api",
+        &format!("--database-url={}", db.url),
+        "--auth-disabled",
+    ])
+    .query
 }
 
 pub struct Api {
