@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real components: a private
 # PostgreSQL cluster started here on a free port (installed with apt when
-# missing) and librdkafka's mock Kafka cluster inside the tests.
+# missing), librdkafka's mock Kafka cluster inside the tests, and Debian's
+# chromium for the dashboard page (installed when missing).
 # Extra arguments go to the test runner (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ source scripts/apt.sh
 
 pg_ensure_installed
 build_deps_ensure
+# The dashboard page is tested in headless Chromium.
+apt_ensure chromium
 workdir="$(mktemp -d /tmp/energy-test.XXXXXX)"
 chmod 755 "$workdir"
 port="$(free_port)"

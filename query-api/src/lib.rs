@@ -5,6 +5,7 @@
 //! - [`series`]: the same per time bucket, for charts;
 //! - [`sql`]: the interval-cutting SQL blocks those queries share;
 //! - [`fleet`]: every vehicle ranked by efficiency, with a health status;
+//! - [`dashboard`]: the HTML dashboard at `/`, a client of the API above;
 //! - [`devices`]: current state of a vehicle or a meter;
 //! - [`meters`]: a meter's energy and voltage statistics over a window;
 //! - [`params`]: parsing and validating path and query parameters;
@@ -12,6 +13,7 @@
 //!
 //! Invariant: nothing here writes to the database.
 
+pub mod dashboard;
 pub mod devices;
 pub mod error;
 pub mod fleet;
@@ -174,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(analytics)
+        .merge(dashboard::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

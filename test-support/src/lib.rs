@@ -1,6 +1,7 @@
 //! Test fixtures shared by the workspace's integration tests: real
 //! components, never mocks of our own code.
 //!
+//! - [`browser`]: headless Chromium rendering a page;
 //! - [`postgres`]: a fresh, migrated database per test on the private
 //!   PostgreSQL server that `scripts/test.sh` starts;
 //! - [`kafka`]: librdkafka's mock cluster (a real Kafka-protocol broker) on
@@ -9,6 +10,7 @@
 //! - [`process`]: the built binaries as child processes, killed on drop;
 //! - [`fixture_path`]: data files kept in `test-support/fixtures/`.
 
+pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod kafka;

@@ -12,19 +12,23 @@ use serde_json::Value;
 use test_support::postgres::TestDatabase;
 use tokio::sync::oneshot;
 
-/// The settings a deployment would give it, pointed at `db`.
+/// The settings a deployment would give it, pointed at `db`, without API keys.
 pub fn args(db: &TestDatabase) -> QueryArgs {
+    args_with(db, &["--auth-disabled"])
+}
+
+/// The settings pointed at `db`, plus `extra` flags.
+pub fn args_with(db: &TestDatabase, extra: &[&str]) -> QueryArgs {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         query: QueryArgs,
     }
-    Cli::parse_from([
-        "query-api",
-        &format!("--database-url={}", db.url),
-        "--auth-disabled",
-    ])
-    .query
+    let database_url = format!("--database-url={}", db.url);
+    let argv = ["query-api", database_url.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied());
+    Cli::parse_from(argv).query
 }
 
 pub struct Api {
@@ -34,12 +38,17 @@ pub struct Api {
 }
 
 impl Api {
-    /// Starts the service and waits until it answers.
+    /// Starts the service without API keys and waits until it answers.
     pub async fn start(db: &TestDatabase) -> Self {
+        Self::start_with(args(db)).await
+    }
+
+    /// Starts the service with `args` and waits until it answers.
+    pub async fn start_with(args: QueryArgs) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(query_api::serve(args(db), listener, async {
+        let task = tokio::spawn(query_api::serve(args, listener, async {
             let _ = stopped.await;
         }));
         test_support::process::wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(10))
