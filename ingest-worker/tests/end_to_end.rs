@@ -584,7 +584,7 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
     assert_eq!(performance.status(), 200);
     let api = scrape(&api_url).await;
     let route = [
-        ("route", "/v1/analytics/performance/{vehicle_id}"),
+        ("route", "/v1/analytics/performance/{vehicleId}"),
         ("status", "200"),
     ];
     assert_eq!(
@@ -596,7 +596,7 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
         sample(
             &api,
             "energy_query_request_duration_seconds_count",
-            &[("route", "/v1/analytics/performance/{vehicle_id}")]
+            &[("route", "/v1/analytics/performance/{vehicleId}")]
         ),
         Some(1.0)
     );

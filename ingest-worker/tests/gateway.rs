@@ -448,3 +448,107 @@ async fn overload_is_shed_with_503_at_once_instead_of_queueing() {
     kafka.broker_up();
     gateway.stop().await;
 }
+
+/// `/openapi.json` describes every route the gateway serves, and its request
+/// examples, made fresh for each request of the description, match the
+/// described schema and are accepted by the real endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_is_described_and_the_described_examples_are_accepted() {
+    use test_support::openapi::{assert_matches, operations, response_schema, violations};
+    let kafka = MockKafka::start(&[(TOPIC, 2)]);
+    let gateway = Gateway::start(&kafka, &[]).await;
+    test_support::process::wait_until_ok(
+        &format!("{}/readyz", gateway.url),
+        Duration::from_secs(30),
+    )
+    .await;
+    let description: Value = reqwest::get(format!("{}/openapi.json", gateway.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(description["openapi"].as_str().unwrap().starts_with("3.1"));
+    let described: Vec<(&str, &str)> = operations(&description)
+        .iter()
+        .map(|o| (o.method, o.path))
+        .collect();
+    assert_eq!(
+        described,
+        [
+            ("get", "/healthz"),
+            ("get", "/metrics"),
+            ("get", "/openapi.json"),
+            ("get", "/readyz"),
+            ("post", "/v1/ingest"),
+        ]
+    );
+    for path in ["/healthz", "/metrics", "/openapi.json", "/readyz"] {
+        assert_eq!(gateway.get_status(path).await, 200, "{path}");
+    }
+
+    let operations = operations(&description);
+    let ingest = operations.iter().find(|o| o.method == "post").unwrap();
+    assert_eq!(ingest.spec["security"], json!([{"api_key": []}]));
+    for status in ["202", "400", "401", "403", "413", "415", "422", "503"] {
+        assert!(
+            ingest.spec["responses"][status].is_object(),
+            "{status} described"
+        );
+    }
+    let content = &ingest.spec["requestBody"]["content"];
+    let mut published = 0;
+    for (content_type, example_count) in [("application/json", 2), ("application/x-ndjson", 1)] {
+        let examples = content[content_type]["examples"].as_object().unwrap();
+        assert_eq!(examples.len(), example_count, "{content_type} examples");
+        for (name, example) in examples {
+            let value = &example["value"];
+            let what = format!("{content_type} example {name}");
+            let (body, readings) = match value {
+                Value::String(lines) => (lines.clone(), lines.lines().count()),
+                Value::Array(items) => (value.to_string(), items.len()),
+                _ => (value.to_string(), 1),
+            };
+            if content_type == "application/json" {
+                assert_matches(&description, &content[content_type]["schema"], value, &what);
+            }
+            let (status, _, answer) = gateway.post(content_type, body).await;
+            assert_eq!(status, 202, "{what}: {answer}");
+            assert_eq!(answer["accepted"], readings, "{what}");
+            assert_matches(
+                &description,
+                response_schema(ingest, 202).unwrap(),
+                &answer,
+                &what,
+            );
+            published += readings;
+        }
+    }
+    assert_eq!(published, 1 + 3 + 3);
+    assert_eq!(
+        test_support::kafka::end_total(&kafka.bootstrap(), TOPIC),
+        published as i64
+    );
+
+    // The schema refuses what the endpoint refuses, and the 422 is as described.
+    let invalid = json!({"type": "VEHICLE", "vehicleId": "EV-03", "soc": 101, "kwhDeliveredDc": 1,
+                         "batteryTemp": 20, "timestamp": shared::wire::format_timestamp(Utc::now())});
+    let (status, answer) = gateway.post_json(&invalid).await;
+    assert_eq!(status, 422);
+    assert_matches(
+        &description,
+        response_schema(ingest, 422).unwrap(),
+        &answer,
+        "422",
+    );
+    assert!(
+        !violations(
+            &description,
+            &content["application/json"]["schema"],
+            &invalid
+        )
+        .is_empty(),
+        "soc 101 matches the described schema"
+    );
+    gateway.stop().await;
+}

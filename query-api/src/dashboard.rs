@@ -5,8 +5,8 @@
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const PAGE: &str = include_str!("../static/dashboard.html");
 const SCRIPT: &str = include_str!("../static/dashboard.js");
@@ -17,20 +17,44 @@ const STYLE: &str = include_str!("../static/dashboard.css");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
-        )
-        .route(
-            "/dashboard.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/dashboard.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(script))
+        .routes(routes!(style))
+}
+
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    summary = "The dashboard page (HTML); it calls the analytics routes with the user's key",
+    responses((status = 200, description = "The page", content_type = "text/html"))
+)]
+async fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
+#[utoipa::path(
+    get,
+    path = "/dashboard.js",
+    tag = "operations",
+    summary = "The dashboard's script",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript"))
+)]
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/dashboard.css",
+    tag = "operations",
+    summary = "The dashboard's style sheet",
+    responses((status = 200, description = "CSS", content_type = "text/css"))
+)]
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::params::device_id;
 use crate::AppState;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VehicleState {
     vehicle_id: String,
@@ -22,7 +22,7 @@ pub struct VehicleState {
     updated_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterState {
     meter_id: String,
@@ -49,6 +49,16 @@ struct MeterRow {
     updated_at: DateTime<Utc>,
 }
 
+/// `GET /v1/vehicles/{vehicleId}`
+#[utoipa::path(
+    get,
+    path = "/v1/vehicles/{vehicleId}",
+    tag = "devices",
+    summary = "A vehicle's newest reading by event time",
+    params(("vehicleId" = String, Path, description = "The vehicle's id: 1–64 characters, no control characters", example = "EV-03")),
+    responses((status = 200, description = "The newest reading and when it was stored", body = VehicleState), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 pub async fn vehicle(
     State(state): State<AppState>,
     raw_id: Result<Path<String>, PathRejection>,
@@ -75,6 +85,16 @@ pub async fn vehicle(
     }))
 }
 
+/// `GET /v1/meters/{meterId}`
+#[utoipa::path(
+    get,
+    path = "/v1/meters/{meterId}",
+    tag = "devices",
+    summary = "A meter's newest reading by event time",
+    params(("meterId" = String, Path, description = "The meter's id: 1–64 characters, no control characters", example = "MTR-03")),
+    responses((status = 200, description = "The newest reading and when it was stored", body = MeterState), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 pub async fn meter(
     State(state): State<AppState>,
     raw_id: Result<Path<String>, PathRejection>,

@@ -62,7 +62,7 @@ WHERE f.n > 0"
 );
 
 /// Where a vehicle's efficiency puts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Health {
     Healthy,
@@ -88,7 +88,7 @@ impl Health {
 
 /// Efficiency bands, in percent: at or above `healthy` is HEALTHY, at or
 /// above `warning` WARNING, below it CRITICAL.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct Thresholds {
     pub healthy: f64,
     pub warning: f64,
@@ -115,7 +115,7 @@ struct FleetRow {
     sum_ac: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetVehicle {
     pub vehicle_id: String,
@@ -124,7 +124,7 @@ pub struct FleetVehicle {
     pub charging: Charging,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetPage {
     pub from: String,
@@ -171,6 +171,20 @@ fn limit(params: &QueryParams) -> Result<usize, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/fleet",
+    tag = "analytics",
+    summary = "Every vehicle that reported in the window, worst efficiency first",
+    params(
+        crate::openapi::WindowParams,
+        ("status" = Option<String>, Query, description = "Only these statuses, comma-separated: HEALTHY, WARNING, CRITICAL, UNKNOWN", example = "CRITICAL,WARNING"),
+        ("limit" = Option<u32>, Query, description = "Vehicles per page, 1–1000 (default 100)", example = 100),
+        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")
+    ),
+    responses((status = 200, description = "One page of the ranking", body = FleetPage), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 /// `GET /v1/analytics/fleet?from=&to=&status=&limit=&cursor=`
 pub async fn fleet(
     State(state): State<AppState>,

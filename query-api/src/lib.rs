@@ -8,6 +8,7 @@
 //! - [`dashboard`]: the HTML dashboard at `/`, a client of the API above;
 //! - [`devices`]: current state of a vehicle or a meter;
 //! - [`meters`]: a meter's energy and voltage statistics over a window;
+//! - [`openapi`]: the OpenAPI description, generated from the handlers;
 //! - [`params`]: parsing and validating path and query parameters;
 //! - [`error`]: the one mapping from failures to HTTP responses.
 //!
@@ -18,6 +19,7 @@ pub mod devices;
 pub mod error;
 pub mod fleet;
 pub mod meters;
+pub mod openapi;
 pub mod params;
 pub mod performance;
 pub mod series;
@@ -25,12 +27,12 @@ pub mod sql;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
-use axum::routing::get;
 use axum::BoxError;
 use axum::Router;
 use clap::Args;
@@ -41,6 +43,9 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 
@@ -150,36 +155,38 @@ pub async fn serve(
     Ok(())
 }
 
-pub fn router(state: AppState) -> Router {
-    // Everything under /v1 needs a key with the read role; health, metrics
-    // and the API description do not.
-    let analytics = Router::new()
-        .route(
-            "/v1/analytics/performance/vehicleid",
-            get(performance::by_query),
-        )
-        .route(
-            "/v1/analytics/performance/{vehicle_id}",
-            get(performance::by_path),
-        )
-        .route(
-            "/v1/analytics/performance/{vehicle_id}/series",
-            get(series::series),
-        )
-        .route("/v1/analytics/fleet", get(fleet::fleet))
-        .route("/v1/vehicles/{vehicle_id}", get(devices::vehicle))
-        .route("/v1/meters/{meter_id}", get(devices::meter))
-        .route("/v1/meters/{meter_id}/analytics", get(meters::analytics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.keys.clone(),
-            require_read_key,
-        ));
-    Router::new()
+/// The routes with their descriptions: `#[utoipa::path]` on each handler
+/// gives both, so every route served is described in `/openapi.json`.
+pub fn documented_routes(keys: ApiKeys) -> OpenApiRouter<AppState> {
+    // Everything under /v1 needs a key with the read role; the page, health,
+    // metrics and the API description do not.
+    let analytics = OpenApiRouter::new()
+        .routes(routes!(performance::by_query))
+        .routes(routes!(performance::by_path))
+        .routes(routes!(series::series))
+        .routes(routes!(fleet::fleet))
+        .routes(routes!(devices::vehicle))
+        .routes(routes!(devices::meter))
+        .routes(routes!(meters::analytics))
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_read_key));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(analytics)
         .merge(dashboard::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
+}
+
+pub fn router(state: AppState) -> Router {
+    let (routes, description) = documented_routes(state.keys.clone()).split_for_parts();
+    let description = Description(Arc::from(
+        description
+            .to_pretty_json()
+            .expect("the OpenAPI description serializes"),
+    ));
+    routes
+        .layer(axum::Extension(description))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
@@ -234,6 +241,13 @@ async fn count_request(
 }
 
 /// Prometheus text format, with the connection pool's use read at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (text exposition format); README lists them",
+    responses((status = 200, description = "Metrics", content_type = "text/plain"))
+)]
 async fn metrics_text(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let idle = state.pool.num_idle() as f64;
     let open = f64::from(state.pool.size());
@@ -248,10 +262,47 @@ async fn metrics_text(State(state): State<AppState>) -> impl axum::response::Int
     )
 }
 
+/// The OpenAPI description, serialized once at start-up.
+#[derive(Clone)]
+struct Description(Arc<str>);
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This description (OpenAPI 3.1)",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+async fn openapi_json(
+    axum::Extension(Description(json)): axum::Extension<Description>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "Alive", body = String, example = "ok"))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: the database answers",
+    responses(
+        (status = 200, description = "Ready", body = String, example = "ready"),
+        (status = 503, description = "The database is not reachable", body = openapi::ErrorBody)
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     if shared::db::is_reachable(&state.pool).await {
         Ok("ready")

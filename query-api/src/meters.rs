@@ -50,14 +50,14 @@ struct StatsRow {
     max_voltage: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     pub min: f64,
     pub max: f64,
     pub mean: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnergyStats {
     /// kWh drawn over the window.
@@ -68,7 +68,7 @@ pub struct EnergyStats {
     pub mean: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterAnalytics {
     pub meter_id: String,
@@ -79,6 +79,15 @@ pub struct MeterAnalytics {
     pub voltage: Stats,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/meters/{meterId}/analytics",
+    tag = "analytics",
+    summary = "A meter's energy and voltage statistics over a window",
+    params(("meterId" = String, Path, description = "The meter's id: 1–64 characters, no control characters", example = "MTR-03"), crate::openapi::WindowParams),
+    responses((status = 200, description = "Totals and per-reading minimum, maximum and mean", body = MeterAnalytics), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 /// `GET /v1/meters/{meterId}/analytics?from=&to=`
 pub async fn analytics(
     State(state): State<AppState>,

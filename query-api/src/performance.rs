@@ -76,7 +76,7 @@ FROM vehicle v"
 /// DC against AC over some interval: the figures every analytics answer
 /// (one window, one bucket, one vehicle of the fleet) reports, in the
 /// original API's field names.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Charging {
     #[serde(rename = "sumDC")]
@@ -110,7 +110,7 @@ impl Charging {
 }
 
 /// The original API's response shape.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Performance {
     pub vehicle_id: String,
@@ -168,6 +168,16 @@ pub async fn vehicle_performance(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/performance/{vehicleId}",
+    tag = "analytics",
+    summary = "A vehicle's charging efficiency over a window",
+    description = "sumDC: the vehicle's DC energy in the window. sumAC: the AC energy of the meters it was assigned to, while assigned. efficiency = 100 × sumDC / sumAC, null without AC.",
+    params(("vehicleId" = String, Path, description = "The vehicle's id: 1–64 characters, no control characters", example = "EV-03"), crate::openapi::WindowParams),
+    responses((status = 200, description = "The vehicle's figures", body = Performance), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 /// `GET /v1/analytics/performance/{vehicleId}?from=&to=`
 pub async fn by_path(
     State(state): State<AppState>,
@@ -179,6 +189,15 @@ pub async fn by_path(
     respond(&state, &raw_id, &params).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/performance/vehicleid",
+    tag = "analytics",
+    summary = "The same, with the id in the query string (the original API's form)",
+    params(("vehicleId" = String, Query, description = "The vehicle's id", example = "EV-03"), crate::openapi::WindowParams),
+    responses((status = 200, description = "The vehicle's figures", body = Performance), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 /// The original API's `GET /v1/analytics/performance/vehicleid?vehicleId=…`.
 pub async fn by_query(
     State(state): State<AppState>,

@@ -115,7 +115,7 @@ impl Bucket {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Point {
     pub start: String,
@@ -124,7 +124,7 @@ pub struct Point {
     pub charging: Charging,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Series {
     pub vehicle_id: String,
@@ -144,6 +144,20 @@ struct BucketRow {
     sum_ac: f64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/performance/{vehicleId}/series",
+    tag = "analytics",
+    summary = "A vehicle's efficiency per time bucket, for charts",
+    description = "One point per bucket aligned to UTC, each covering (start, end], the first and last clipped to the window; empty buckets included; at most 2,000 points.",
+    params(
+        ("vehicleId" = String, Path, description = "The vehicle's id: 1–64 characters, no control characters", example = "EV-03"),
+        crate::openapi::WindowParams,
+        ("bucket" = Option<String>, Query, description = "5m, 15m, 1h or 1d (default 1h)", example = "1h")
+    ),
+    responses((status = 200, description = "The points, oldest first", body = Series), crate::openapi::ReadErrors),
+    security(("api_key" = [])),
+)]
 /// `GET /v1/analytics/performance/{vehicleId}/series?from=&to=&bucket=1h`
 pub async fn series(
     State(state): State<AppState>,

@@ -167,7 +167,10 @@ async fn the_dashboard_ranks_the_fleet_and_charts_the_chosen_vehicle() {
     assert!(points.len() >= 24, "{} points", points.len());
     let with_efficiency = points.iter().filter(|p| !p["efficiency"].is_null()).count();
     // Six hours of charging, not aligned to the hour: six or seven buckets.
-    assert!((6..=7).contains(&with_efficiency), "{with_efficiency} buckets");
+    assert!(
+        (6..=7).contains(&with_efficiency),
+        "{with_efficiency} buckets"
+    );
     for (name, drawn) in [
         ("dc", points.len()),
         ("ac", points.len()),

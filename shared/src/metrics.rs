@@ -47,7 +47,7 @@ pub const QUERY_REQUESTS: RequestMetrics = RequestMetrics {
 };
 
 /// Counts one HTTP request and records its duration, by route template
-/// (`/v1/meters/{meter_id}`, never the id itself) and status.
+/// (`/v1/meters/{meterId}`, never the id itself) and status.
 pub fn record_request(
     names: &RequestMetrics,
     route: &str,

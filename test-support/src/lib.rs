@@ -6,6 +6,7 @@
 //!   PostgreSQL server that `scripts/test.sh` starts;
 //! - [`kafka`]: librdkafka's mock cluster (a real Kafka-protocol broker) on
 //!   its own thread, with fault injection, plus raw produce/consume helpers;
+//! - [`openapi`]: operations, examples and schemas of an OpenAPI description;
 //! - [`oracle`]: analytics computed in plain SQL over raw history;
 //! - [`process`]: the built binaries as child processes, killed on drop;
 //! - [`fixture_path`]: data files kept in `test-support/fixtures/`.
@@ -14,6 +15,7 @@ pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod kafka;
+pub mod openapi;
 pub mod oracle;
 pub mod postgres;
 pub mod private_postgres;

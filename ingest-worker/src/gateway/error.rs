@@ -10,7 +10,7 @@ use serde_json::json;
 use super::publish::PublishError;
 
 /// One problem with one reading of a request.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReadingError {
     pub index: usize,
     pub field: String,

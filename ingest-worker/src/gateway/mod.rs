@@ -4,10 +4,12 @@
 //!
 //! - [`body`] turns a request body (one object, an array, or NDJSON) into JSON values;
 //! - [`publish`] sends validated readings to Kafka and waits for the acks;
-//! - [`error`] is the one place that maps failures to HTTP statuses.
+//! - [`error`] is the one place that maps failures to HTTP statuses;
+//! - [`openapi`] describes the API, from the handlers' annotations.
 
 pub mod body;
 pub mod error;
+pub mod openapi;
 pub mod publish;
 
 use std::future::Future;
@@ -19,12 +21,10 @@ use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
 use axum::BoxError;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use clap::Args;
-use serde::Serialize;
 use shared::auth::{ApiKeys, AuthArgs, Role};
 use shared::config::{KafkaArgs, ValidationArgs};
 use shared::wire::{decode_value, ValidationRules};
@@ -32,6 +32,9 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::body::BodyFormat;
 use self::error::{ApiError, ReadingError};
@@ -82,12 +85,6 @@ struct AppState {
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-#[derive(Serialize)]
-struct IngestResponse {
-    message: &'static str,
-    accepted: usize,
-}
-
 /// Runs the gateway on `listener` until `shutdown` completes, then waits for
 /// in-flight requests and flushes the producer.
 pub async fn serve(
@@ -114,27 +111,31 @@ pub async fn serve(
     // Requests never outlive the publish timeout by much; the HTTP timeout is
     // a backstop for slow clients.
     let request_timeout = Duration::from_millis(args.publish_timeout_ms) + Duration::from_secs(25);
-    let app = Router::new()
-        .route(
-            "/v1/ingest",
-            post(ingest)
-                .layer(
-                    ServiceBuilder::new()
-                        .layer(HandleErrorLayer::new(|_: BoxError| async {
-                            ApiError::Overloaded
-                        }))
-                        .load_shed()
-                        .concurrency_limit(args.max_concurrent_requests.max(1)),
-                )
-                // Outermost: a request without the key takes no slot of the limit.
-                .layer(axum::middleware::from_fn_with_state(
-                    keys,
-                    require_ingest_key,
-                )),
+    // The ingest route's own layers: the key check outermost, so a request
+    // without the key takes no slot of the concurrency limit.
+    let (schemas, paths, ingest_route) = routes!(ingest);
+    let ingest_route = ingest_route
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::Overloaded
+                }))
+                .load_shed()
+                .concurrency_limit(args.max_concurrent_requests.max(1)),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .layer(axum::middleware::from_fn_with_state(
+            keys,
+            require_ingest_key,
+        ));
+    let (routes, description) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes((schemas, paths, ingest_route))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    let app = routes
+        .layer(axum::Extension(Arc::new(description)))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
@@ -172,11 +173,29 @@ async fn require_ingest_key(
     Ok(next.run(request).await)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ingest",
+    tag = "ingest",
+    summary = "Publish readings to Kafka; 202 once Kafka acknowledged every one",
+    request_body(
+        description = "One reading, a JSON array of readings, or NDJSON (one reading per line)",
+        content(
+            (openapi::IngestBody = "application/json"),
+            (String = "application/x-ndjson")
+        )
+    ),
+    responses(
+        (status = 202, description = "Every reading acknowledged by Kafka (acks=all)", body = openapi::Accepted),
+        openapi::IngestErrors
+    ),
+    security(("api_key" = []))
+)]
 async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
+) -> Result<(StatusCode, Json<openapi::Accepted>), ApiError> {
     let format = BodyFormat::from_headers(&headers)?;
     let bytes = body::read_limited(body, state.max_body_bytes).await?;
     let values = body::parse(&bytes, format, state.max_batch_readings)?;
@@ -214,7 +233,7 @@ async fn ingest(
     metrics::counter!("energy_gateway_readings_accepted_total").increment(readings.len() as u64);
     Ok((
         StatusCode::ACCEPTED,
-        Json(IngestResponse {
+        Json(openapi::Accepted {
             message: "Data ingested successfully",
             accepted: readings.len(),
         }),
@@ -271,6 +290,13 @@ async fn count_request(
 }
 
 /// Prometheus text format; gauges read at scrape time are set first.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (text exposition format); README lists them",
+    responses((status = 200, description = "Metrics", content_type = "text/plain"))
+)]
 async fn metrics_text(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     metrics::gauge!("energy_gateway_producer_queue_messages")
         .set(f64::from(state.publisher.queued_messages()));
@@ -283,10 +309,41 @@ async fn metrics_text(State(state): State<AppState>) -> impl axum::response::Int
     )
 }
 
+/// The description, with request examples made now.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This description (OpenAPI 3.1)",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+async fn openapi_json(
+    axum::Extension(description): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi::with_examples((*description).clone(), Utc::now()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "Alive", body = String, example = "ok"))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: the Kafka cluster answers",
+    responses(
+        (status = 200, description = "Ready", body = String, example = "ready"),
+        (status = 503, description = "The Kafka cluster is not reachable", body = openapi::ErrorBody)
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     if state.publisher.broker_reachable().await {
         Ok("ready")

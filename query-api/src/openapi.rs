@@ -1,0 +1,89 @@
+//! The OpenAPI 3 description served at `/openapi.json`. It is generated from
+//! the `#[utoipa::path]` annotation on each handler and the response types,
+//! and the router is built from the same annotations (`utoipa_axum::routes!`),
+//! so a route cannot be served without being described.
+
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Energy Ingestion Engine: query-api",
+        description = "Charging efficiency of electric vehicle fleets: DC energy stored by each \
+            vehicle against AC energy drawn by the meter it charged through. Below 85 % \
+            suggests a fault or energy leakage. Analytics windows are half-open, `(from, to]`, \
+            RFC 3339 with an explicit offset; the default is the last 24 hours.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    tags(
+        (name = "analytics", description = "Charging efficiency over a window"),
+        (name = "devices", description = "Current state of a device"),
+        (name = "operations", description = "Probes, metrics and this description")
+    ),
+    modifiers(&BearerKey)
+)]
+pub struct ApiDoc;
+
+/// The name operations use to require an API key.
+pub const API_KEY: &str = "api_key";
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key with the read role (API_KEYS on the server), unless the \
+                         server runs with AUTH_DISABLED=true",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, for a person to read.
+    pub error: String,
+}
+
+/// The window of an analytics request.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes the query string; handlers parse it raw to name bad parameters
+pub struct WindowParams {
+    /// Start of the window, exclusive (RFC 3339 with an offset). Default: `to` − 24 h
+    from: Option<String>,
+    /// End of the window, inclusive (RFC 3339 with an offset). Default: now
+    to: Option<String>,
+}
+
+/// The errors every analytics and device route may answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadErrors {
+    /// A malformed id, a bad window or parameter; the message names it.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// No API key, or an unknown one.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// The API key lacks the read role.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// Nothing recorded for the device (in the window).
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorBody),
+    /// The database is unavailable: retry later.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
+}
