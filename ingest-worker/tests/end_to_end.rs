@@ -637,3 +637,53 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
         assert_eq!(echoed.headers().get("x-request-id").unwrap(), "trace-me-42");
     }
 }
+
+/// `ingest-worker create-topics` reports the topics that exist with their
+/// partition counts, leaves one with fewer partitions than asked for
+/// unchanged (with a warning), and asks the cluster to create a missing one.
+/// The mock broker does not implement CreateTopics, so for a missing topic
+/// this test sees the cluster's refusal reported, not a creation.
+#[tokio::test(flavor = "multi_thread")]
+async fn create_topics_reports_existing_topics_and_asks_for_missing_ones() {
+    let kafka = MockKafka::start(&[(TOPIC, 4), ("energy.readings.dlq", 1)]);
+    let run = |env: &[(&'static str, &str)]| {
+        let mut env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        env.push(("KAFKA_BROKERS", kafka.bootstrap()));
+        env.push(("RUST_LOG", "info".to_owned()));
+        Service::start("ingest-worker", &["create-topics"], &env)
+    };
+    let mut matching = run(&[("READINGS_PARTITIONS", "4")]);
+    assert!(matching.wait_exit(Duration::from_secs(60)).success());
+    matching.wait_for_log(
+        "kafka topic exists topic=energy.readings partitions=4",
+        Duration::from_secs(5),
+    );
+    matching.wait_for_log(
+        "kafka topic exists topic=energy.readings.dlq partitions=1",
+        Duration::from_secs(5),
+    );
+
+    let mut smaller = run(&[("READINGS_PARTITIONS", "8")]);
+    assert!(smaller.wait_exit(Duration::from_secs(60)).success());
+    smaller.wait_for_log(
+        "kafka topic has fewer partitions than asked for; left unchanged, since adding partitions moves device keys (see README) topic=energy.readings partitions=4 wanted=8",
+        Duration::from_secs(5),
+    );
+
+    let mut missing = run(&[
+        ("KAFKA_TOPIC", "other.readings"),
+        ("TOPIC_ADMIN_TIMEOUT_MS", "2000"),
+    ]);
+    assert!(!missing.wait_exit(Duration::from_secs(60)).success());
+    missing.wait_for_log(
+        "cannot create kafka topics [\"other.readings\", \"other.readings.dlq\"]",
+        Duration::from_secs(5),
+    );
+
+    let mut bad = run(&[("READINGS_PARTITIONS", "0")]);
+    assert!(!bad.wait_exit(Duration::from_secs(60)).success());
+    bad.wait_for_log(
+        "partition counts must be at least 1",
+        Duration::from_secs(5),
+    );
+}

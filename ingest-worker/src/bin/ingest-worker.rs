@@ -1,8 +1,10 @@
 //! `ingest-worker`: Kafka in, PostgreSQL out. See `ingest_worker::worker`.
-//! `ingest-worker migrate` applies the database migrations.
+//! `ingest-worker migrate` applies the database migrations;
+//! `ingest-worker create-topics` creates the Kafka topics.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ingest_worker::topics::{self, Outcome, TopicArgs};
 use ingest_worker::worker::{self, WorkerArgs};
 use shared::config::DbArgs;
 
@@ -25,6 +27,11 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Create the readings and dead-letter topics if they do not exist, and exit
+    CreateTopics {
+        #[command(flatten)]
+        topics: TopicArgs,
+    },
 }
 
 #[tokio::main]
@@ -39,6 +46,26 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("migration failed")?;
             tracing::info!("database migrated");
+            Ok(())
+        }
+        Some(Command::CreateTopics { topics }) => {
+            for (topic, outcome) in topics::create_topics(&topics).await? {
+                match outcome {
+                    Outcome::Created { partitions } => {
+                        tracing::info!(%topic, partitions, "kafka topic created")
+                    }
+                    Outcome::Exists { partitions } => {
+                        tracing::info!(%topic, partitions, "kafka topic exists")
+                    }
+                    Outcome::Smaller { partitions, wanted } => tracing::warn!(
+                        %topic,
+                        partitions,
+                        wanted,
+                        "kafka topic has fewer partitions than asked for; left unchanged, since \
+                         adding partitions moves device keys (see README)"
+                    ),
+                }
+            }
             Ok(())
         }
         None => worker::run(cli.worker, shared::shutdown::signal()).await,
