@@ -687,3 +687,53 @@ async fn create_topics_reports_existing_topics_and_asks_for_missing_ones() {
         Duration::from_secs(5),
     );
 }
+
+/// `LOG_FORMAT=json` gives one JSON object per line, and the lines a request
+/// logs carry the request id its client got back.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_request_id() {
+    let kafka = MockKafka::start(&[(TOPIC, 1)]);
+    let wiring = Wiring {
+        database_url: String::new(),
+        bootstrap: kafka.bootstrap(),
+        topic: TOPIC.to_owned(),
+    };
+    let (gateway, url) = wiring.start_gateway(&[
+        ("LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info,tower_http=debug".to_owned()),
+    ]);
+    wait_until_ok(&format!("{url}/readyz"), Duration::from_secs(30)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/ingest"))
+        .header("x-request-id", "trace-me-0042")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-request-id"], "trace-me-0042");
+    let lines = eventually(
+        "the request's log lines",
+        Duration::from_secs(10),
+        || async {
+            let (lines, _) = gateway.log_lines_from(0);
+            let of_request: Vec<Value> = lines
+                .iter()
+                .map(|line| {
+                    serde_json::from_str::<Value>(line)
+                        .unwrap_or_else(|_| panic!("not JSON: {line}"))
+                })
+                .filter(|line| line["span"]["request_id"] == "trace-me-0042")
+                .collect();
+            (of_request.len() >= 2).then_some(of_request)
+        },
+    )
+    .await;
+    for line in &lines {
+        assert_eq!(line["span"]["name"], "request");
+        assert_eq!(line["span"]["method"], "POST");
+        assert_eq!(line["span"]["path"], "/v1/ingest");
+        assert!(line["timestamp"].is_string() && line["level"].is_string());
+    }
+}

@@ -325,7 +325,7 @@ let client: BaseConsumer = crate::kafka::client_config(
                 .topics()
                 .iter()
                 .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-            anyhow::ensure!(exists, "kafka topic {topic} does not exist: create it first (see README, Production shape)");
+            anyhow::ensure!(exists, "kafka topic {topic} does not exist: create it with `ingest-worker create-topics` (README, \"Topics and their partition count\")");
         }
         Ok(())
     })
