@@ -20,8 +20,8 @@ use reqwest::StatusCode;
 use shared::domain::Reading;
 use tokio::task::JoinSet;
 
-/// Where to send, and how.
-#[derive(Clone, Debug)]
+/// Where to send, and how. `Debug` hides the API key.
+#[derive(Clone)]
 pub enum Destination {
     Gateway {
         /// Base URL of ingest-gateway.
@@ -103,6 +103,31 @@ pub struct Sender {
     progress: ProgressBar,
     started: Instant,
     summary: Summary,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Gateway {
+                url,
+                batch_size,
+                concurrency,
+                api_key,
+            } => f
+                .debug_struct("Gateway")
+                .field("url", url)
+                .field("batch_size", batch_size)
+                .field("concurrency", concurrency)
+                .field("api_key", &api_key.as_ref().map(|_| "<hidden>"))
+                .finish(),
+            Destination::Kafka { brokers, topic } => f
+                .debug_struct("Kafka")
+                .field("brokers", brokers)
+                .field("topic", topic)
+                .finish(),
+            Destination::Ndjson { path } => f.debug_struct("Ndjson").field("path", path).finish(),
+        }
+    }
 }
 
 enum Inner {

@@ -264,7 +264,8 @@ async fn worker_writes_as_energy_writer_and_query_api_reads_as_energy_reader() {
             "reader: {statement}"
         );
     }
-    // The writer changes rows, not the schema.
+    // The writer changes rows, not the schema nor the migration history, and
+    // manages partitions only of the partitioned tables, for a bounded span.
     assert_eq!(
         sqlstate(&writer_url, "UPDATE vehicles_current SET soc = soc").await,
         None
@@ -273,6 +274,10 @@ async fn worker_writes_as_energy_writer_and_query_api_reads_as_energy_reader() {
         "DROP TABLE vehicle_readings",
         "ALTER TABLE vehicle_readings ADD COLUMN x int",
         "CREATE TABLE intruder (x int)",
+        "CREATE FUNCTION to_char(date, text) RETURNS text LANGUAGE sql AS 'SELECT 1::text'",
+        "DELETE FROM _sqlx_migrations",
+        "SELECT energy_ensure_partitions('assignments', '2026-01-01', '2026-01-02', false)",
+        "SELECT energy_drop_partitions_before('vehicles_current', '2100-01-01', false)",
     ] {
         assert_eq!(
             sqlstate(&writer_url, statement).await,
@@ -280,4 +285,21 @@ async fn worker_writes_as_energy_writer_and_query_api_reads_as_energy_reader() {
             "writer: {statement}"
         );
     }
+    let century =
+        "SELECT energy_ensure_partitions('vehicle_readings', '2000-01-01', '2100-01-01', false)";
+    assert_eq!(
+        sqlstate(&writer_url, century).await,
+        Some("54000".to_owned()),
+        "a century of day partitions is refused (program_limit_exceeded)"
+    );
+    let tomorrow = today + chrono::Days::new(1);
+    let needed = format!(
+        "SELECT energy_ensure_partitions('vehicle_readings', '{today}', '{tomorrow}', false)"
+    );
+    assert_eq!(sqlstate(&writer_url, &needed).await, None);
+    // The writer reads the migration history: the start-up check needs it.
+    assert_eq!(
+        sqlstate(&writer_url, "SELECT count(*) FROM _sqlx_migrations").await,
+        None
+    );
 }

@@ -319,10 +319,12 @@ function drawChart(points, from, to) {
 
 // ---- Start-up ----
 function init() {
-  const params = new URLSearchParams(location.search);
-  if (params.has('key')) {
-    setKey(params.get('key'));
-    replaceUrl((p) => p.delete('key')); // keep the key out of history and bookmarks
+  // A key may come in the fragment (#key=…): browsers never send fragments,
+  // so it reaches no server or proxy log. It is removed from the address at once.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.has('key')) {
+    setKey(fragment.get('key'));
+    try { history.replaceState(history.state, '', location.pathname + location.search); } catch { /* opaque origin */ }
   } else {
     setKey(getKey());
   }

@@ -214,10 +214,10 @@ async fn the_dashboard_asks_for_a_key_with_the_read_role() {
     assert_eq!(text_of(&dom, "#error"), "API key required or not accepted");
     assert!(select(&dom, "#fleet tr.vehicle").is_empty());
 
-    let dom = Html::parse_document(&rendered_dom(&format!("{}/?key={INGEST_KEY}", api.url)).await);
+    let dom = Html::parse_document(&rendered_dom(&format!("{}/#key={INGEST_KEY}", api.url)).await);
     assert_eq!(text_of(&dom, "#error"), "This API key lacks the read role");
 
-    let dom = Html::parse_document(&rendered_dom(&format!("{}/?key={READ_KEY}", api.url)).await);
+    let dom = Html::parse_document(&rendered_dom(&format!("{}/#key={READ_KEY}", api.url)).await);
     assert_eq!(body_state(&dom), "ready", "{}", text_of(&dom, "#error"));
     assert_eq!(select(&dom, "#fleet tr.vehicle").len(), 4);
     // The worst vehicle is chosen when the address names none.

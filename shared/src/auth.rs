@@ -45,8 +45,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// Settings for API keys, shared by both HTTP services.
-#[derive(Args, Clone, Debug, Default)]
+/// Settings for API keys, shared by both HTTP services. `Debug` shows how
+/// many entries there are, never a key.
+#[derive(Args, Clone, Default)]
 pub struct AuthArgs {
     /// API keys as comma-separated `role:key` entries; roles are `ingest` and
     /// `read`, `ingest+read:key` grants both. Keys are at least 16 characters
@@ -62,6 +63,22 @@ pub struct AuthArgs {
     /// read. For local development only; must be set explicitly
     #[arg(long, env = "AUTH_DISABLED")]
     pub auth_disabled: bool,
+}
+
+impl fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field(
+                "api_keys",
+                &self
+                    .api_keys
+                    .as_ref()
+                    .map(|list| format!("<{} entries>", list.split(',').count())),
+            )
+            .field("api_keys_file", &self.api_keys_file)
+            .field("auth_disabled", &self.auth_disabled)
+            .finish()
+    }
 }
 
 /// Why a request was refused.
@@ -364,6 +381,20 @@ mod tests {
             assert!(error.contains(expected), "{list}: {error}");
             assert!(!error.contains("0123456789"), "{error} shows a secret");
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_key() {
+        let args = AuthArgs {
+            api_keys: Some(format!("read:{READ_KEY},ingest:{INGEST_KEY}")),
+            ..Default::default()
+        };
+        let shown = format!("{args:?}");
+        assert!(shown.contains("<2 entries>"), "{shown}");
+        assert!(
+            !shown.contains(READ_KEY) && !shown.contains(INGEST_KEY),
+            "{shown}"
+        );
     }
 
     #[test]

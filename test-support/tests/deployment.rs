@@ -209,6 +209,23 @@ fn compose_runs_the_one_shot_steps_in_order_and_checks_every_service() {
     }
     assert_eq!(env(&compose, "ingest-worker", "DB_USER"), "energy_worker");
     assert_eq!(env(&compose, "query-api", "DB_USER"), "energy_query_api");
+    // No default secrets: compose refuses to start without them.
+    let text = read("docker-compose.yml");
+    for secret in [
+        "POSTGRES_PASSWORD",
+        "WORKER_DB_PASSWORD",
+        "QUERY_API_DB_PASSWORD",
+        "API_KEYS",
+    ] {
+        assert!(
+            !text.contains(&format!("${{{secret}:-")),
+            "{secret} has a default"
+        );
+        assert!(
+            text.contains(&format!("${{{secret}:?")),
+            "{secret} is required"
+        );
+    }
 }
 
 #[test]
@@ -278,7 +295,8 @@ fn prometheus_scrapes_each_service_where_it_listens() {
         );
         assert_eq!(
             service(&compose, name)["ports"][0],
-            format!("{port}:{port}")
+            format!("${{PUBLISH_ADDR:-127.0.0.1}}:{port}:{port}"),
+            "{name} published on the loopback interface unless told otherwise"
         );
     }
     // Every worker replica, found by the service name.
