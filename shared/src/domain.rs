@@ -24,6 +24,16 @@ pub enum IdError {
     ControlCharacter,
     #[error("must not start or end with whitespace")]
     SurroundingWhitespace,
+    #[error("must not contain bidirectional override or isolate characters (U+202A–U+202E, U+2066–U+2069)")]
+    BidiControl,
+    #[error("must not be \".\" or \"..\": a URL path cannot carry them")]
+    DotSegment,
+}
+
+/// Characters that reorder the text around them: an id holding one can
+/// display as a different id (the "Trojan Source" trick).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 impl DeviceId {
@@ -40,6 +50,12 @@ impl DeviceId {
         }
         if raw.starts_with(char::is_whitespace) || raw.ends_with(char::is_whitespace) {
             return Err(IdError::SurroundingWhitespace);
+        }
+        if raw == "." || raw == ".." {
+            return Err(IdError::DotSegment);
+        }
+        if raw.chars().any(is_bidi_control) {
+            return Err(IdError::BidiControl);
         }
         Ok(Self(raw.to_owned()))
     }

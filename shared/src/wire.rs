@@ -76,14 +76,18 @@ fn describe(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
+/// Most energy one reading may report, in kWh: far beyond any charger's
+/// interval, low enough that sums over millions of readings stay finite.
+pub const MAX_KWH_PER_READING: f64 = 1_000_000.0;
+
 /// Decodes one Kafka message payload.
 pub fn decode_message(
     payload: &[u8],
     rules: &ValidationRules,
     now: DateTime<Utc>,
 ) -> Result<Reading, MessageError> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| MessageError::NotJson(e.to_string()))?;
+    let value =
+        crate::json::from_slice(payload).map_err(|e| MessageError::NotJson(e.to_string()))?;
     decode_value(&value, rules, now).map_err(MessageError::Invalid)
 }
 
@@ -117,7 +121,7 @@ pub fn decode_value(
         "VEHICLE" => {
             let vehicle_id = fields.device_id("vehicleId");
             let soc = fields.number_in("soc", 0.0, 100.0);
-            let kwh_delivered_dc = fields.non_negative("kwhDeliveredDc");
+            let kwh_delivered_dc = fields.energy("kwhDeliveredDc");
             let battery_temp = fields.number_in("batteryTemp", -60.0, 120.0);
             let recorded_at = fields.reading_timestamp(rules, now);
             match (vehicle_id, soc, kwh_delivered_dc, battery_temp, recorded_at) {
@@ -139,7 +143,7 @@ pub fn decode_value(
         }
         "METER" => {
             let meter_id = fields.device_id("meterId");
-            let kwh_consumed_ac = fields.non_negative("kwhConsumedAc");
+            let kwh_consumed_ac = fields.energy("kwhConsumedAc");
             let voltage = fields.number_in("voltage", 0.0, 2000.0);
             let recorded_at = fields.reading_timestamp(rules, now);
             match (meter_id, kwh_consumed_ac, voltage, recorded_at) {
@@ -260,14 +264,22 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn non_negative(&mut self, field: &str) -> Option<f64> {
+    /// kWh of one reading: not negative, and below an impossible amount, so
+    /// that sums over millions of readings stay finite.
+    fn energy(&mut self, field: &str) -> Option<f64> {
         let n = self.number(field)?;
-        if n >= 0.0 {
-            Some(n)
-        } else {
+        if n < 0.0 {
             self.errors
                 .push(FieldError::new(field, "must be at least 0"));
             None
+        } else if n > MAX_KWH_PER_READING {
+            self.errors.push(FieldError::new(
+                field,
+                format!("must be at most {MAX_KWH_PER_READING} kWh per reading"),
+            ));
+            None
+        } else {
+            Some(n)
         }
     }
 
@@ -307,6 +319,15 @@ impl<'a> Fields<'a> {
             ));
             return None;
         };
+        // chrono reads "23:59:60" as a leap second; PostgreSQL and most
+        // clients cannot represent one, so it is refused rather than moved.
+        if parsed.timestamp_subsec_nanos() >= 1_000_000_000 {
+            self.errors.push(FieldError::new(
+                FIELD,
+                "must not be a leap second (:60): send :59.999999 or the next second",
+            ));
+            return None;
+        }
         let instant = parsed.with_timezone(&Utc);
         if instant > now + rules.max_future {
             self.errors.push(FieldError::new(

@@ -61,7 +61,7 @@ pub fn parse(
     max_readings: usize,
 ) -> Result<Vec<Value>, ApiError> {
     let values = match format {
-        BodyFormat::Json => match serde_json::from_slice::<Value>(bytes) {
+        BodyFormat::Json => match shared::json::from_slice(bytes) {
             Ok(Value::Array(values)) => values,
             Ok(object @ Value::Object(_)) => vec![object],
             Ok(_) => {
@@ -81,7 +81,7 @@ pub fn parse(
                 if values.len() == max_readings {
                     return Err(too_many(max_readings));
                 }
-                let value = serde_json::from_slice(line).map_err(|error| {
+                let value = shared::json::from_slice(line).map_err(|error| {
                     ApiError::Malformed(format!(
                         "malformed JSON on line {}: {error}",
                         line_index + 1
