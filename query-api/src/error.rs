@@ -17,6 +17,8 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("the request took too long")]
     Timeout,
     #[error("internal error")]
@@ -32,6 +34,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, self.to_string()),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, self.to_string()),
             // The database is down or saturated: a retry later may succeed.
             ApiError::Database(error) if shared::db::is_transient(error) => {

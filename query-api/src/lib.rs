@@ -62,6 +62,13 @@ pub struct QueryArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
 
+    #[command(flatten)]
+    pub http: shared::http::HttpLimits,
+
+    /// Largest request body accepted, in bytes (no route takes one); beyond it 413
+    #[arg(long, env = "HTTP_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: u64,
+
     /// Longest analytics window a request may ask for, in days
     #[arg(long, env = "MAX_WINDOW_DAYS", default_value_t = 31)]
     pub max_window_days: u32,
@@ -87,6 +94,10 @@ pub struct AppState {
     pub thresholds: fleet::Thresholds,
     pub retention_days: u32,
     pub keys: ApiKeys,
+    /// Longest a request may take (HTTP_REQUEST_TIMEOUT_MS).
+    pub request_timeout: Duration,
+    /// Largest request body accepted (HTTP_MAX_BODY_BYTES).
+    pub max_body_bytes: u64,
 }
 
 impl AppState {
@@ -143,16 +154,15 @@ pub async fn serve(
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
         retention_days: args.retention_days,
         keys,
+        request_timeout: args.http.request_timeout(),
+        max_body_bytes: args.max_body_bytes,
         thresholds: fleet::Thresholds {
             healthy: args.healthy_efficiency,
             warning: args.warning_efficiency,
         },
     };
     tracing::info!(addr = %listener.local_addr()?, "query-api listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    shared::http::serve(listener, router(state), args.http, shutdown).await
 }
 
 /// The routes with their descriptions: `#[utoipa::path]` on each handler
@@ -194,7 +204,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(HandleErrorLayer::new(|_: BoxError| async {
                     ApiError::Timeout
                 }))
-                .timeout(Duration::from_secs(30)),
+                .timeout(state.request_timeout),
         )
         // Request ids: an incoming x-request-id is kept (else a UUID is
         // made), recorded on the request's span, and returned.
@@ -204,8 +214,31 @@ pub fn router(state: AppState) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(shared::telemetry::request_span))
                 .layer(PropagateRequestIdLayer::new(request_id_header())),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.max_body_bytes,
+            refuse_large_bodies,
+        ))
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// 413 for a declared body over HTTP_MAX_BODY_BYTES: no route reads a body,
+/// so a large one can only be a mistake or an attempt to tie up the server.
+async fn refuse_large_bodies(
+    State(max): State<u64>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max => Err(ApiError::PayloadTooLarge(format!(
+            "the request body is {length} bytes, more than the {max} allowed"
+        ))),
+        _ => Ok(next.run(request).await),
+    }
 }
 
 /// Lets through only requests whose key holds the read role.

@@ -3,13 +3,18 @@
 //! command-line/env configuration groups, database access (pool, migrations,
 //! the "is this database migrated" check), telemetry and shutdown signals.
 //!
-//! Invariant: this crate never depends on rdkafka or axum, so query-api never
-//! builds librdkafka.
+//! Also the HTTP server both services run ([`http`]) and strict JSON parsing
+//! for untrusted input ([`json`]).
+//!
+//! Invariant: this crate never depends on rdkafka, so query-api never builds
+//! librdkafka.
 
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;

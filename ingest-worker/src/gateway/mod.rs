@@ -56,6 +56,9 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
 
+    #[command(flatten)]
+    pub http: shared::http::HttpLimits,
+
     /// Most readings one request may carry (a JSON array or NDJSON lines)
     #[arg(long, env = "GATEWAY_MAX_BATCH_READINGS", default_value_t = 10_000)]
     pub max_batch_readings: usize,
@@ -108,9 +111,12 @@ pub async fn serve(
         metrics: shared::metrics::handle(),
     };
     describe_metrics();
-    // Requests never outlive the publish timeout by much; the HTTP timeout is
-    // a backstop for slow clients.
-    let request_timeout = Duration::from_millis(args.publish_timeout_ms) + Duration::from_secs(25);
+    anyhow::ensure!(
+        args.http.request_timeout_ms > args.publish_timeout_ms,
+        "HTTP_REQUEST_TIMEOUT_MS ({}) must exceed GATEWAY_PUBLISH_TIMEOUT_MS ({}): a request waits that long for Kafka",
+        args.http.request_timeout_ms,
+        args.publish_timeout_ms
+    );
     // The ingest route's own layers: the key check outermost, so a request
     // without the key takes no slot of the concurrency limit.
     let (schemas, paths, ingest_route) = routes!(ingest);
@@ -143,7 +149,7 @@ pub async fn serve(
                 .layer(HandleErrorLayer::new(|_: BoxError| async {
                     ApiError::Timeout
                 }))
-                .timeout(request_timeout),
+                .timeout(args.http.request_timeout()),
         )
         // Request ids: an incoming x-request-id is kept (else a UUID is
         // made), recorded on the request's span, and returned.
@@ -156,9 +162,7 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state);
     tracing::info!(addr = %listener.local_addr()?, topic = %args.kafka.kafka_topic, "ingest-gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    shared::http::serve(listener, app, args.http, shutdown).await?;
     publisher.flush().await;
     Ok(())
 }
