@@ -156,7 +156,11 @@ fn encode_cursor(efficiency: Option<f64>, vehicle_id: &str) -> String {
 fn decode_cursor(raw: &str) -> Result<(Option<f64>, String), ApiError> {
     let invalid = || ApiError::BadRequest("cursor is not one this API issued".into());
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
-    serde_json::from_slice::<(Option<f64>, String)>(&bytes).map_err(|_| invalid())
+    let (efficiency, vehicle_id) =
+        serde_json::from_slice::<(Option<f64>, String)>(&bytes).map_err(|_| invalid())?;
+    // Only what this API could have issued: a vehicle id by the ingestion rules.
+    shared::domain::DeviceId::parse(&vehicle_id).map_err(|_| invalid())?;
+    Ok((efficiency, vehicle_id))
 }
 
 fn limit(params: &QueryParams) -> Result<usize, ApiError> {

@@ -11,6 +11,9 @@ use crate::error::ApiError;
 /// The default analytics window: the last 24 hours.
 pub const DEFAULT_WINDOW: TimeDelta = TimeDelta::hours(24);
 
+/// How far past now a window's `to` may be.
+pub const MAX_TO_AHEAD: TimeDelta = TimeDelta::hours(24);
+
 /// Query-string parameters; a repeated parameter is an error, not a guess.
 pub struct QueryParams(HashMap<String, String>);
 
@@ -66,6 +69,14 @@ impl Window {
             .map(|raw| timestamp("to", raw))
             .transpose()?
             .unwrap_or(now);
+        // Nothing is stored that far ahead, and a year-9999 bound would only
+        // waste a query (and overflow `to - 24 h` arithmetic near the end of time).
+        if to > now + MAX_TO_AHEAD {
+            return Err(ApiError::BadRequest(format!(
+                "to must not be more than {} hours in the future",
+                MAX_TO_AHEAD.num_hours()
+            )));
+        }
         let from = match params.get("from") {
             Some(raw) => timestamp("from", raw)?,
             None => to - DEFAULT_WINDOW,
