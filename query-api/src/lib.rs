@@ -41,8 +41,6 @@ use shared::config::DbArgs;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -195,7 +193,7 @@ pub fn router(state: AppState) -> Router {
             .to_pretty_json()
             .expect("the OpenAPI description serializes"),
     ));
-    routes
+    let router = routes
         .layer(axum::Extension(description))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -206,20 +204,12 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(state.request_timeout),
         )
-        // Request ids: an incoming x-request-id is kept (else a UUID is
-        // made), recorded on the request's span, and returned.
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(shared::telemetry::request_span))
-                .layer(PropagateRequestIdLayer::new(request_id_header())),
-        )
         .layer(axum::middleware::from_fn_with_state(
             state.max_body_bytes,
             refuse_large_bodies,
         ))
-        .layer(axum::middleware::from_fn(count_request))
-        .with_state(state)
+        .with_state(state);
+    shared::http::observe(router, &shared::metrics::QUERY_REQUESTS)
 }
 
 /// 413 for a declared body over HTTP_MAX_BODY_BYTES: no route reads a body,
@@ -249,28 +239,6 @@ async fn require_read_key(
 ) -> Result<axum::response::Response, ApiError> {
     keys.authorize(request.headers(), Role::Read)?;
     Ok(next.run(request).await)
-}
-
-/// Counts each request by route and status and records its latency (see `shared::metrics`).
-async fn count_request(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or(shared::metrics::UNMATCHED_ROUTE.to_owned(), |path| {
-            path.as_str().to_owned()
-        });
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    shared::metrics::record_request(
-        &shared::metrics::QUERY_REQUESTS,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
 }
 
 /// Prometheus text format, with the connection pool's use read at scrape time.
@@ -342,8 +310,4 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     } else {
         Err(ApiError::Unavailable("the database is not reachable"))
     }
-}
-
-fn request_id_header() -> axum::http::HeaderName {
-    axum::http::HeaderName::from_static(shared::telemetry::REQUEST_ID_HEADER)
 }

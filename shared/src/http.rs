@@ -11,7 +11,9 @@
 //!   (408): each service applies it with its own error type.
 //!
 //! On shutdown it stops accepting, lets requests in flight finish and closes
-//! idle connections.
+//! idle connections. [`observe`] adds what every request of both services
+//! gets: a request id on its span and in the answer, and its count and
+//! latency by route and status.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +30,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceExt as _;
+use tower::{ServiceBuilder, ServiceExt as _};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::metrics::RequestMetrics;
 
 /// Connection and request limits, the same settings on both HTTP services.
 #[derive(Args, Clone, Copy, Debug)]
@@ -139,4 +145,44 @@ async fn limit_header_bytes(State(max): State<usize>, request: Request, next: Ne
             .into_response();
     }
     next.run(request).await
+}
+
+/// The outermost layers of both services: an incoming `x-request-id` is kept
+/// (else a UUID is made), recorded on the request's span and returned; and
+/// each request is counted by route template and status, with its latency.
+pub fn observe<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    metrics: &'static RequestMetrics,
+) -> Router<S> {
+    let header = || http::HeaderName::from_static(crate::telemetry::REQUEST_ID_HEADER);
+    router
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(header(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span))
+                .layer(PropagateRequestIdLayer::new(header())),
+        )
+        .layer(axum::middleware::from_fn_with_state(metrics, count_request))
+}
+
+async fn count_request(
+    State(metrics): State<&'static RequestMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(crate::metrics::UNMATCHED_ROUTE.to_owned(), |path| {
+            path.as_str().to_owned()
+        });
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::record_request(
+        metrics,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }

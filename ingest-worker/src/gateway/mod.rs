@@ -30,8 +30,6 @@ use shared::config::{KafkaArgs, ValidationArgs};
 use shared::wire::{decode_value, ValidationRules};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -151,16 +149,8 @@ pub async fn serve(
                 }))
                 .timeout(args.http.request_timeout()),
         )
-        // Request ids: an incoming x-request-id is kept (else a UUID is
-        // made), recorded on the request's span, and returned.
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id_header(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(shared::telemetry::request_span))
-                .layer(PropagateRequestIdLayer::new(request_id_header())),
-        )
-        .layer(axum::middleware::from_fn(count_request))
         .with_state(state);
+    let app = shared::http::observe(app, &shared::metrics::GATEWAY_REQUESTS);
     tracing::info!(addr = %listener.local_addr()?, topic = %args.kafka.kafka_topic, "ingest-gateway listening");
     shared::http::serve(listener, app, args.http, shutdown).await?;
     publisher.flush().await;
@@ -271,28 +261,6 @@ fn describe_metrics() {
     ]);
 }
 
-/// Counts each request by route and status (see `shared::metrics`).
-async fn count_request(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or(shared::metrics::UNMATCHED_ROUTE.to_owned(), |path| {
-            path.as_str().to_owned()
-        });
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    shared::metrics::record_request(
-        &shared::metrics::GATEWAY_REQUESTS,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
 /// Prometheus text format; gauges read at scrape time are set first.
 #[utoipa::path(
     get,
@@ -354,8 +322,4 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     } else {
         Err(ApiError::NotReady("the Kafka cluster is not reachable"))
     }
-}
-
-fn request_id_header() -> axum::http::HeaderName {
-    axum::http::HeaderName::from_static(shared::telemetry::REQUEST_ID_HEADER)
 }
