@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, SecondsFormat, TimeDelta, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
+use test_support::http::{json_of, path_segment};
 use test_support::kafka::{committed_total, end_total, header, producer, read_topic, MockKafka};
 use test_support::postgres::{fresh_database, TestDatabase};
 use test_support::process::{wait_until_ok, Service};
@@ -274,32 +275,24 @@ async fn every_hostile_request_gets_a_clear_answer_and_legal_ids_round_trip() {
     .await;
     assert_eq!(stored, unusual);
     for id in &unusual {
-        let path_segment: String = url_segment(id);
-        let state: Value = client
-            .get(format!("{}/v1/vehicles/{path_segment}", stack.api_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state = json_of(client.get(format!(
+            "{}/v1/vehicles/{}",
+            stack.api_url,
+            path_segment(id)
+        )))
+        .await;
         assert_eq!(
             state["vehicleId"].as_str(),
             Some(id.as_str()),
             "{id:?} from /v1/vehicles"
         );
-        let performance: Value = client
+        let by_query = client
             .get(format!(
                 "{}/v1/analytics/performance/vehicleid",
                 stack.api_url
             ))
-            .query(&[("vehicleId", id)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .query(&[("vehicleId", id)]);
+        let performance = json_of(by_query).await;
         assert_eq!(
             performance["vehicleId"].as_str(),
             Some(id.as_str()),
@@ -307,17 +300,6 @@ async fn every_hostile_request_gets_a_clear_answer_and_legal_ids_round_trip() {
         );
         assert_eq!(performance["vehicleReadings"], 1, "{id:?}");
     }
-}
-
-/// Percent-encodes everything but unreserved characters, so `/`, `?`, `#`,
-/// `%` and dot segments stay inside one path segment.
-fn url_segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A message to produce: key, payload, "stored" or "dead-lettered", and the

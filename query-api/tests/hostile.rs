@@ -6,21 +6,11 @@
 
 use serde_json::Value;
 use test_support::fixture_path;
+use test_support::http::path_segment;
 use test_support::postgres::fresh_database;
 
 mod common;
 use common::Api;
-
-/// Percent-encodes everything but unreserved characters, so `/`, `?`, `#`
-/// and `%` stay inside one path segment.
-fn segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 async fn get(url: &str) -> (u16, Value) {
     let response = reqwest::get(url).await.unwrap();
@@ -42,7 +32,7 @@ async fn hostile_ids_and_parameters_get_clear_answers_on_every_route() {
     for entry in &ids {
         let id = entry["id"].as_str().unwrap();
         let valid = entry["valid"].as_bool().unwrap();
-        let encoded = segment(id);
+        let encoded = path_segment(id);
         let query: String = url_query(id);
         let routes = [
             (

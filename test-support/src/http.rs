@@ -58,3 +58,25 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|line| line.split_whitespace().last()?.parse().ok())
 }
+
+/// `id` as one URL path segment: everything but unreserved characters
+/// percent-encoded, so `/`, `?`, `#` and `%` stay inside the segment.
+pub fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Sends `request` and returns its JSON body (any status).
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("service reachable")
+        .json()
+        .await
+        .expect("a JSON body")
+}
