@@ -176,7 +176,10 @@ pub fn documented_routes(keys: ApiKeys) -> OpenApiRouter<AppState> {
         .routes(routes!(devices::vehicle))
         .routes(routes!(devices::meter))
         .routes(routes!(meters::analytics))
-        .route_layer(axum::middleware::from_fn_with_state(keys, require_read_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            (keys, Role::Read),
+            shared::auth::require::<ApiError>,
+        ));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(analytics)
         .merge(dashboard::routes())
@@ -229,16 +232,6 @@ async fn refuse_large_bodies(
         ))),
         _ => Ok(next.run(request).await),
     }
-}
-
-/// Lets through only requests whose key holds the read role.
-async fn require_read_key(
-    State(keys): State<ApiKeys>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<axum::response::Response, ApiError> {
-    keys.authorize(request.headers(), Role::Read)?;
-    Ok(next.run(request).await)
 }
 
 /// Prometheus text format, with the connection pool's use read at scrape time.

@@ -201,6 +201,22 @@ impl ApiKeys {
     }
 }
 
+/// Middleware letting through only requests whose key holds the role in its
+/// state, for `axum::middleware::from_fn_with_state((keys, role), require::<E>)`;
+/// a refusal becomes the service's own error type `E`, so each service keeps
+/// its one mapping to HTTP.
+pub async fn require<E>(
+    axum::extract::State((keys, role)): axum::extract::State<(ApiKeys, Role)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, E>
+where
+    E: From<AuthError>,
+{
+    keys.authorize(request.headers(), role)?;
+    Ok(next.run(request).await)
+}
+
 /// The token of an `Authorization: Bearer <token>` header (scheme in any case).
 fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {

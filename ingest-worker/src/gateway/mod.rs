@@ -128,8 +128,8 @@ pub async fn serve(
                 .concurrency_limit(args.max_concurrent_requests.max(1)),
         )
         .layer(axum::middleware::from_fn_with_state(
-            keys,
-            require_ingest_key,
+            (keys, Role::Ingest),
+            shared::auth::require::<ApiError>,
         ));
     let (routes, description) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes((schemas, paths, ingest_route))
@@ -155,16 +155,6 @@ pub async fn serve(
     shared::http::serve(listener, app, args.http, shutdown).await?;
     publisher.flush().await;
     Ok(())
-}
-
-/// Lets through only requests whose key holds the ingest role.
-async fn require_ingest_key(
-    State(keys): State<ApiKeys>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<axum::response::Response, ApiError> {
-    keys.authorize(request.headers(), Role::Ingest)?;
-    Ok(next.run(request).await)
 }
 
 #[utoipa::path(
