@@ -18,7 +18,7 @@ COPY . .
 # The target dir is a cache mount (gone after this RUN), so copy the binaries out here.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/app/target \
-    cargo build --release --locked -p ingest-worker -p query-api --bins \
+    cargo build --release --locked -p ingest-gateway -p ingest-worker -p query-api --bins \
  && mkdir -p /out \
  && cp target/release/ingest-gateway target/release/ingest-worker target/release/query-api /out/
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace against real components: a private
-# PostgreSQL cluster started here on a free port (installed with apt when
-# missing), librdkafka's mock Kafka cluster inside the tests, and Debian's
-# chromium for the dashboard page (installed when missing).
-# Extra arguments go to the test runner (e.g. a test name filter).
+# Checks formatting and lints (`cargo fmt --check`, `cargo clippy -D
+# warnings`), then runs every test of the workspace against real
+# components: a private PostgreSQL cluster started here on a free port
+# (installed with apt when missing), librdkafka's mock Kafka cluster inside
+# the tests, and Debian's chromium for the dashboard page (installed when
+# missing). Extra arguments go to the test runner (e.g. a test name filter),
+# and skip the format and lint checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg.sh
@@ -11,6 +13,11 @@ source scripts/apt.sh
 
 pg_ensure_installed
 build_deps_ensure
+if [ "$#" -eq 0 ]; then
+  cargo fmt --all --check
+  (cd fuzz && cargo fmt --check)
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
 # The dashboard page is tested in headless Chromium.
 apt_ensure chromium
 workdir="$(mktemp -d /tmp/energy-test.XXXXXX)"

@@ -16,7 +16,7 @@ use fleet_sim::send::{Destination, Sender};
 use indicatif::ProgressBar;
 use shared::domain::Reading;
 use test_support::postgres::fresh_database;
-use test_support::process::{free_port, Service};
+use test_support::process::Service;
 
 use crate::broker::Broker;
 use crate::cpu::{machine_busy_seconds, process_cpu_seconds};
@@ -109,6 +109,42 @@ pub async fn run(
     };
     let rows = Rows::split(&data.readings);
     let encoded = Encoded::new(&rows);
+    let results = measure_runs(
+        data,
+        runs,
+        naive_sample,
+        worker_settings,
+        &variants,
+        &encoded,
+    )
+    .await?;
+    let worker_rates = report_drain(data, &rows, &encoded, naive_sample, &results, report);
+    if with_variants {
+        report_variants(&results, &worker_rates, report);
+    }
+    report_cpu(&results, report);
+    let messages = data.readings.len() as f64;
+    report.add_peak_rss(
+        "ingest-worker",
+        &format!("draining {} messages", count(messages as u64)),
+        &results
+            .iter()
+            .map(|r| r.worker_peak_rss_kib)
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
+/// Each run: a pre-filled broker, the bare consumer, the worker with its
+/// defaults and with each variant, the COPY limit and the naive writer.
+async fn measure_runs(
+    data: &Data,
+    runs: usize,
+    naive_sample: usize,
+    worker_settings: &[(String, String)],
+    variants: &[(&str, &str)],
+    encoded: &Encoded,
+) -> anyhow::Result<Vec<DrainRun>> {
     let mut results = Vec::new();
     for run in 1..=runs {
         eprintln!("drain run {run}/{runs}");
@@ -126,7 +162,7 @@ pub async fn run(
                 drain_with_worker(data, &broker, &format!("bench-variant-{i}"), &settings).await?;
             variant_rates.push(data.readings.len() as f64 / variant.after_join.as_secs_f64());
         }
-        let copy = copy_limit(&encoded).await?;
+        let copy = copy_limit(encoded).await?;
         let naive_rate = naive(&data.readings, naive_sample).await?;
         results.push(DrainRun {
             total: drained.total,
@@ -140,6 +176,18 @@ pub async fn run(
         });
     }
 
+    Ok(results)
+}
+
+/// The drain table; returns the worker's rate per run.
+fn report_drain(
+    data: &Data,
+    rows: &Rows<'_>,
+    encoded: &Encoded,
+    naive_sample: usize,
+    results: &[DrainRun],
+    report: &mut Report,
+) -> Vec<f64> {
     let messages = data.readings.len() as f64;
     let history = encoded.rows as f64;
     let column = |f: &dyn Fn(&DrainRun) -> f64| results.iter().map(f).collect::<Vec<f64>>();
@@ -206,37 +254,40 @@ pub async fn run(
         ),
         &table,
     );
-    if with_variants {
-        let mut table = Table::new(&[
-            "worker setting",
-            "readings/s after joining",
-            "vs the defaults",
-        ]);
+    worker_rates
+}
+
+/// What each default buys: the drain with one default set back.
+fn report_variants(results: &[DrainRun], worker_rates: &[f64], report: &mut Report) {
+    let mut table = Table::new(&[
+        "worker setting",
+        "readings/s after joining",
+        "vs the defaults",
+    ]);
+    table.row(vec![
+        "the defaults".into(),
+        runs_cell(worker_rates, per_second),
+        "1.00×".into(),
+    ]);
+    for (i, (name, value, what)) in VARIANTS.iter().enumerate() {
+        let rates: Vec<f64> = results.iter().map(|r| r.variant_rates[i]).collect();
+        let ratios: Vec<f64> = rates.iter().zip(worker_rates).map(|(v, d)| v / d).collect();
         table.row(vec![
-            "the defaults".into(),
-            runs_cell(&worker_rates, per_second),
-            "1.00×".into(),
+            format!("`{name}={value}`: {what}"),
+            runs_cell(&rates, per_second),
+            runs_cell(&ratios, ratio),
         ]);
-        for (i, (name, value, what)) in VARIANTS.iter().enumerate() {
-            let rates: Vec<f64> = results.iter().map(|r| r.variant_rates[i]).collect();
-            let ratios: Vec<f64> = rates
-                .iter()
-                .zip(&worker_rates)
-                .map(|(v, d)| v / d)
-                .collect();
-            table.row(vec![
-                format!("`{name}={value}`: {what}"),
-                runs_cell(&rates, per_second),
-                runs_cell(&ratios, ratio),
-            ]);
-        }
-        report.add(
-            "Worker drain: what each default buys",
-            "The same drain with one default set back to what it replaced, in the same run, on \
-             the same pre-filled topic (a new consumer group each) and a fresh database.",
-            &table,
-        );
     }
+    report.add(
+        "Worker drain: what each default buys",
+        "The same drain with one default set back to what it replaced, in the same run, on \
+         the same pre-filled topic (a new consumer group each) and a fresh database.",
+        &table,
+    );
+}
+
+/// Where the CPU went during the drains.
+fn report_cpu(results: &[DrainRun], report: &mut Report) {
     let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's capacity"]);
     let column = |f: fn(&CpuUse) -> f64| results.iter().map(|r| f(&r.cpu)).collect::<Vec<f64>>();
     let share = |f: fn(&CpuUse) -> f64| {
@@ -270,15 +321,6 @@ pub async fn run(
          the drain waits rather than computes.",
         &cpu,
     );
-    report.add_peak_rss(
-        "ingest-worker",
-        &format!("draining {} messages", count(messages as u64)),
-        &results
-            .iter()
-            .map(|r| r.worker_peak_rss_kib)
-            .collect::<Vec<_>>(),
-    );
-    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -337,11 +379,10 @@ async fn drain_with_worker(
         ("KAFKA_BROKERS", broker.bootstrap.clone()),
         ("KAFKA_TOPIC", TOPIC.to_owned()),
         ("KAFKA_GROUP_ID", group.to_owned()),
-        ("WORKER_HEALTH_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("WORKER_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
         (
             "RUST_LOG",
-            "warn,ingest_worker::worker::pipeline=info,ingest_worker::worker::rebalance=info"
-                .to_owned(),
+            "warn,ingest_worker::pipeline=info,ingest_worker::rebalance=info".to_owned(),
         ),
     ];
     env.extend(
@@ -353,9 +394,41 @@ async fn drain_with_worker(
         (machine_busy_seconds(), process_cpu_seconds(broker.pid()));
     let started = Instant::now();
     let mut worker = Service::start("ingest-worker", &[], &env);
-    let expected = data.readings.len() as u64;
+    let (joined, finished) =
+        wait_until_committed(&mut worker, data.readings.len() as u64, started).await?;
+    let cpu = CpuUse {
+        worker: process_cpu_seconds(worker.pid()),
+        broker: process_cpu_seconds(broker.pid()) - broker_before,
+        machine: machine_busy_seconds() - machine_before,
+        available: (finished - started).as_secs_f64()
+            * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+    };
+    let peak = worker.peak_rss_kib().unwrap_or(0) as f64;
+    worker.terminate(Duration::from_secs(30));
+    let stored = test_support::fleet::history_rows(&db.pool).await? as u64;
+    anyhow::ensure!(
+        stored == data.history_rows(),
+        "the worker stored {stored} history rows, not {}",
+        data.history_rows()
+    );
+    db.drop_database().await?;
+    Ok(Drained {
+        total: finished - started,
+        after_join: finished - joined,
+        cpu,
+        peak_rss_kib: peak,
+    })
+}
+
+/// Follows the worker's log until it has committed `expected` messages;
+/// returns when it joined the group (its first assignment) and when it was done.
+async fn wait_until_committed(
+    worker: &mut Service,
+    expected: u64,
+    started: Instant,
+) -> anyhow::Result<(Instant, Instant)> {
     let (mut done, mut next_line, mut joined) = (0u64, 0usize, None);
-    let finished = loop {
+    loop {
         let (lines, next) = worker.log_lines_from(next_line);
         next_line = next;
         for line in &lines {
@@ -376,7 +449,7 @@ async fn drain_with_worker(
             }
         }
         if done >= expected {
-            break Instant::now();
+            return Ok((joined.unwrap_or(started), Instant::now()));
         }
         anyhow::ensure!(worker.is_running(), "the worker exited during the drain");
         anyhow::ensure!(
@@ -384,30 +457,7 @@ async fn drain_with_worker(
             "the drain took over 30 minutes"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let cpu = CpuUse {
-        worker: process_cpu_seconds(worker.pid()),
-        broker: process_cpu_seconds(broker.pid()) - broker_before,
-        machine: machine_busy_seconds() - machine_before,
-        available: (finished - started).as_secs_f64()
-            * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
-    };
-    let peak = worker.peak_rss_kib().unwrap_or(0) as f64;
-    worker.terminate(Duration::from_secs(30));
-    let stored = test_support::fleet::history_rows(&db.pool).await? as u64;
-    anyhow::ensure!(
-        stored == data.history_rows(),
-        "the worker stored {stored} history rows, not {}",
-        data.history_rows()
-    );
-    db.drop_database().await?;
-    let joined = joined.unwrap_or(started);
-    Ok(Drained {
-        total: finished - started,
-        after_join: finished - joined,
-        cpu,
-        peak_rss_kib: peak,
-    })
+    }
 }
 
 /// Reads every partition of the topic from the beginning with the worker's

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleet_sim::send::{Destination, Sender, Summary};
 use indicatif::ProgressBar;
 use shared::domain::Reading;
-use test_support::process::{free_port, wait_until_ok, Service};
+use test_support::process::{wait_until_ok, Service};
 
 use crate::broker::Broker;
 use crate::drain::Data;
@@ -67,55 +67,75 @@ pub async fn run(
     let mut results = Vec::new();
     for run in 1..=runs {
         eprintln!("gateway run {run}/{runs}");
-        let broker = Broker::start(&[(TOPIC, PARTITIONS)])?;
-        let port = free_port();
-        let gateway = Service::start(
-            "ingest-gateway",
-            &[],
-            &[
-                ("KAFKA_BROKERS", broker.bootstrap.clone()),
-                ("KAFKA_TOPIC", TOPIC.to_owned()),
-                ("GATEWAY_ADDR", format!("127.0.0.1:{port}")),
-                ("AUTH_DISABLED", "true".to_owned()),
-            ],
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        wait_until_ok(&format!("{url}/readyz"), Duration::from_secs(30)).await;
-        let via_gateway = |batch_size, concurrency| Destination::Gateway {
-            url: url.clone(),
-            batch_size,
-            concurrency,
-            api_key: None,
-        };
+        results.push(measure_run(settings, batch_readings, single_readings).await?);
+    }
+    report_batches(&results, batch_readings.len(), report);
+    report_single_requests(&results, settings, report);
+    let column = |f: &dyn Fn(&GatewayRun) -> f64| results.iter().map(f).collect::<Vec<f64>>();
+    report.add_peak_rss(
+        "ingest-gateway",
+        "the batch and single-reading runs",
+        &column(&|r| r.peak_rss_kib),
+    );
+    Ok(())
+}
 
-        let direct = send(
-            Destination::Kafka {
-                brokers: broker.bootstrap.clone(),
-                topic: TOPIC.to_owned(),
-            },
-            batch_readings,
+/// One run: a fresh broker and gateway, the producer limit, batches, and
+/// single-reading requests at each concurrency.
+async fn measure_run(
+    settings: &Settings,
+    batch_readings: &[Reading],
+    single_readings: &[Reading],
+) -> anyhow::Result<GatewayRun> {
+    let broker = Broker::start(&[(TOPIC, PARTITIONS)])?;
+    let mut gateway = Service::start(
+        "ingest-gateway",
+        &[],
+        &[
+            ("KAFKA_BROKERS", broker.bootstrap.clone()),
+            ("KAFKA_TOPIC", TOPIC.to_owned()),
+            ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
+            ("AUTH_DISABLED", "true".to_owned()),
+        ],
+    );
+    let url = gateway.listening_url(Duration::from_secs(30));
+    wait_until_ok(&format!("{url}/readyz"), Duration::from_secs(30)).await;
+    let via_gateway = |batch_size, concurrency| Destination::Gateway {
+        url: url.clone(),
+        batch_size,
+        concurrency,
+        api_key: None,
+    };
+
+    let direct = send(
+        Destination::Kafka {
+            brokers: broker.bootstrap.clone(),
+            topic: TOPIC.to_owned(),
+        },
+        batch_readings,
+    )
+    .await?;
+    let batch = send(via_gateway(BATCH_SIZE, BATCH_CONCURRENCY), batch_readings).await?;
+    let mut single = Vec::new();
+    for concurrency in SINGLE_CONCURRENCY {
+        // Warm-up, not measured: the client's connections opened.
+        send(
+            via_gateway(1, concurrency),
+            &single_readings[..(concurrency * 10).min(single_readings.len())],
         )
         .await?;
-        let batch = send(via_gateway(BATCH_SIZE, BATCH_CONCURRENCY), batch_readings).await?;
-        let mut single = Vec::new();
-        for concurrency in SINGLE_CONCURRENCY {
-            // Warm-up, not measured: the client's connections opened.
-            send(
-                via_gateway(1, concurrency),
-                &single_readings[..(concurrency * 10).min(single_readings.len())],
-            )
-            .await?;
-            let n = single_count(settings.single_requests, concurrency).min(single_readings.len());
-            single.push(send(via_gateway(1, concurrency), &single_readings[..n]).await?);
-        }
-        results.push(GatewayRun {
-            peak_rss_kib: gateway.peak_rss_kib().unwrap_or(0) as f64,
-            batch,
-            direct,
-            single,
-        });
+        let n = single_count(settings.single_requests, concurrency).min(single_readings.len());
+        single.push(send(via_gateway(1, concurrency), &single_readings[..n]).await?);
     }
+    Ok(GatewayRun {
+        peak_rss_kib: gateway.peak_rss_kib().unwrap_or(0) as f64,
+        batch,
+        direct,
+        single,
+    })
+}
 
+fn report_batches(results: &[GatewayRun], n_readings: usize, report: &mut Report) {
     let column = |f: &dyn Fn(&GatewayRun) -> f64| results.iter().map(f).collect::<Vec<f64>>();
     let mut table = Table::new(&[
         "approach",
@@ -138,11 +158,14 @@ pub async fn run(
             "{} readings, posted as JSON arrays and answered 202 only after the broker acknowledged \
              them (acks=all); the limit produces the same readings with the gateway's producer \
              settings. Broker: `dev-broker`, {PARTITIONS} partitions.",
-            count(batch_readings.len() as u64)
+            count(n_readings as u64)
         ),
         &table,
     );
+}
 
+fn report_single_requests(results: &[GatewayRun], settings: &Settings, report: &mut Report) {
+    let column = |f: &dyn Fn(&GatewayRun) -> f64| results.iter().map(f).collect::<Vec<f64>>();
     let mut table = Table::new(&[
         "requests in flight",
         "requests/s",
@@ -174,10 +197,4 @@ pub async fn run(
         ),
         &table,
     );
-    report.add_peak_rss(
-        "ingest-gateway",
-        "the batch and single-reading runs",
-        &column(&|r| r.peak_rss_kib),
-    );
-    Ok(())
 }

@@ -4,9 +4,8 @@
 //! derived in SQL, as the worker would have kept them).
 
 use fleet_sim::fleet::{Fleet, FleetSpec};
-use ingest_worker::worker::copy::{
-    encode_meter_rows, encode_vehicle_rows, METER_COLUMNS, VEHICLE_COLUMNS,
-};
+use ingest_worker::copy::encode_rows;
+use ingest_worker::stream::{Stream, METERS, VEHICLES};
 use shared::domain::{Assignment, MeterReading, Reading, VehicleReading};
 use sqlx::{PgConnection, PgPool};
 
@@ -45,36 +44,25 @@ pub struct Encoded {
 impl Encoded {
     pub fn new(rows: &Rows<'_>) -> Self {
         Self {
-            vehicles: rows
-                .vehicles
-                .chunks(CHUNK_ROWS)
-                .map(encode_vehicle_rows)
-                .collect(),
-            meters: rows
-                .meters
-                .chunks(CHUNK_ROWS)
-                .map(encode_meter_rows)
-                .collect(),
+            vehicles: rows.vehicles.chunks(CHUNK_ROWS).map(encode_rows).collect(),
+            meters: rows.meters.chunks(CHUNK_ROWS).map(encode_rows).collect(),
             rows: (rows.vehicles.len() + rows.meters.len()) as u64,
         }
     }
 }
 
-/// Sends COPY streams into `table`; returns the rows stored.
+/// Sends COPY streams into `stream`'s history table; returns the rows stored.
 pub async fn copy(
     conn: &mut PgConnection,
-    table: &str,
-    columns: &str,
-    streams: &[Vec<u8>],
+    stream: &Stream,
+    encoded: &[Vec<u8>],
 ) -> anyhow::Result<u64> {
     let mut stored = 0;
-    for stream in streams {
+    for data in encoded {
         let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
-            ))
+            .copy_in_raw(&stream.copy_statement(stream.history))
             .await?;
-        copy.send(stream.as_slice()).await?;
+        copy.send(data.as_slice()).await?;
         stored += copy.finish().await?;
     }
     Ok(stored)
@@ -84,14 +72,8 @@ pub async fn copy(
 /// fast as PostgreSQL takes them: the limit for the worker.
 pub async fn copy_history(pool: &PgPool, encoded: &Encoded) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
-    let stored = copy(
-        &mut tx,
-        "vehicle_readings",
-        VEHICLE_COLUMNS,
-        &encoded.vehicles,
-    )
-    .await?
-        + copy(&mut tx, "meter_readings", METER_COLUMNS, &encoded.meters).await?;
+    let stored = copy(&mut tx, &VEHICLES, &encoded.vehicles).await?
+        + copy(&mut tx, &METERS, &encoded.meters).await?;
     tx.commit().await?;
     Ok(stored)
 }
@@ -151,18 +133,8 @@ pub async fn load_fleet(pool: &PgPool, spec: FleetSpec, steps: u64) -> anyhow::R
             let rows = Rows::split(&pending);
             let encoded = Encoded::new(&rows);
             let (v, m) = tokio::join!(
-                copy(
-                    &mut vehicle_conn,
-                    "vehicle_readings",
-                    VEHICLE_COLUMNS,
-                    &encoded.vehicles
-                ),
-                copy(
-                    &mut meter_conn,
-                    "meter_readings",
-                    METER_COLUMNS,
-                    &encoded.meters
-                ),
+                copy(&mut vehicle_conn, &VEHICLES, &encoded.vehicles),
+                copy(&mut meter_conn, &METERS, &encoded.meters),
             );
             vehicle_rows += v?;
             meter_rows += m?;

@@ -17,7 +17,7 @@ use fleet_sim::fleet::FleetSpec;
 use query_api::performance::PERFORMANCE_SQL;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::fresh_database;
-use test_support::process::{free_port, wait_until_ok, Service};
+use test_support::process::{wait_until_ok, Service};
 
 use crate::cpu::{machine_busy_seconds, own_cpu_seconds, process_cpu_seconds};
 use crate::load::{derive_rollups_and_current_state, load_fleet};
@@ -153,6 +153,66 @@ impl Request {
 
 pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let db = fresh_database().await;
+    let loaded = load(&db, settings).await?;
+    let mut api = Service::start(
+        "query-api",
+        &[],
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("QUERY_API_ADDR", "127.0.0.1:0".to_owned()),
+            ("AUTH_DISABLED", "true".to_owned()),
+        ],
+    );
+    let base = api.listening_url(Duration::from_secs(30));
+    wait_until_ok(&format!("{base}/readyz"), Duration::from_secs(30)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(THROUGHPUT_CONCURRENCY)
+        .build()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(THROUGHPUT_CONCURRENCY as u32)
+        .connect(&db.url)
+        .await?;
+    check_answers(&client, &base, &pool, settings.vehicles, loaded.end).await?;
+    let target = Target {
+        client,
+        base,
+        pool: pool.clone(),
+        api_pid: api.pid(),
+    };
+    let (measured, cpu_splits) = measure_runs(settings, runs, &target).await?;
+    let api_peak_rss_kib = api.peak_rss_kib().unwrap_or(0) as f64;
+    api.terminate(Duration::from_secs(10));
+    report_latencies(settings, &loaded, &measured, report);
+    report_cpu(settings, &cpu_splits, report);
+    report.add_peak_rss("query-api", "every query run", &[api_peak_rss_kib]);
+    sizes(&db.pool, loaded.vehicle_rows, loaded.meter_rows, report).await?;
+    pool.close().await;
+    Ok(db.drop_database().await?)
+}
+
+/// What was loaded, and the end of its history.
+struct Loaded {
+    vehicle_rows: u64,
+    meter_rows: u64,
+    end: chrono::DateTime<Utc>,
+}
+
+/// The service under measurement and the ways to reach it.
+struct Target {
+    client: reqwest::Client,
+    base: String,
+    pool: sqlx::PgPool,
+    api_pid: u32,
+}
+
+/// [target][approach], each with one measurement per run.
+type Measured3x2 = [[Measurements; 3]; 2];
+
+/// The fleet and the every-second vehicle, with the partitions a worker keeps.
+async fn load(
+    db: &test_support::postgres::TestDatabase,
+    settings: &Settings,
+) -> anyhow::Result<Loaded> {
     // The partitions a worker keeps: from the retention cutoff (90 days by
     // default) through the day after tomorrow. Their number is part of what
     // a query costs (see BENCHMARKS.md), so the benchmark has all of them.
@@ -194,28 +254,20 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
     eprintln!("loaded in {:.0} s", loading.elapsed().as_secs_f64());
     let vehicle_rows = fleet_vehicle_rows + second_vehicle_rows;
     let meter_rows = fleet_meter_rows + second_meter_rows;
+    Ok(Loaded {
+        vehicle_rows,
+        meter_rows,
+        end,
+    })
+}
 
-    let port = free_port();
-    let mut api = Service::start(
-        "query-api",
-        &[],
-        &[
-            ("DATABASE_URL", db.url.clone()),
-            ("QUERY_API_ADDR", format!("127.0.0.1:{port}")),
-            ("AUTH_DISABLED", "true".to_owned()),
-        ],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_ok(&format!("{base}/readyz"), Duration::from_secs(30)).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(THROUGHPUT_CONCURRENCY)
-        .build()?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(THROUGHPUT_CONCURRENCY as u32)
-        .connect(&db.url)
-        .await?;
-    check_answers(&client, &base, &pool, settings.vehicles, end).await?;
-
+/// Each run: every approach for each target, one in flight and many.
+async fn measure_runs(
+    settings: &Settings,
+    runs: usize,
+    service: &Target,
+) -> anyhow::Result<(Measured3x2, Vec<[f64; 5]>)> {
+    let (client, base, pool) = (&service.client, &service.base, &service.pool);
     let fleet_ids: Arc<Vec<String>> = Arc::new(
         (1..=settings.vehicles)
             .map(|n| {
@@ -227,7 +279,6 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
             .collect(),
     );
     let second_ids = Arc::new(vec![SECOND_VEHICLE.to_owned()]);
-    // [target][approach], each with one measurement per run.
     let mut measured: [[Measurements; 3]; 2] = Default::default();
     let mut cpu_splits = Vec::new();
     for run in 1..=runs {
@@ -257,7 +308,7 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
                     .push(measure(1, settings.measure, request.clone().into_fn()).await?);
                 let (machine, api_cpu, own_cpu) = (
                     machine_busy_seconds(),
-                    process_cpu_seconds(api.pid()),
+                    process_cpu_seconds(service.api_pid),
                     own_cpu_seconds(),
                 );
                 measurements.parallel.push(
@@ -265,7 +316,7 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
                 );
                 if approach.0 == Approach::Endpoint && Arc::ptr_eq(&ids, &fleet_ids) {
                     let machine = machine_busy_seconds() - machine;
-                    let api_cpu = process_cpu_seconds(api.pid()) - api_cpu;
+                    let api_cpu = process_cpu_seconds(service.api_pid) - api_cpu;
                     let own_cpu = own_cpu_seconds() - own_cpu;
                     cpu_splits.push([
                         api_cpu,
@@ -278,9 +329,16 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
             }
         }
     }
-    let api_peak_rss_kib = api.peak_rss_kib().unwrap_or(0) as f64;
-    api.terminate(Duration::from_secs(10));
+    Ok((measured, cpu_splits))
+}
 
+fn report_latencies(
+    settings: &Settings,
+    loaded: &Loaded,
+    measured: &Measured3x2,
+    report: &mut Report,
+) {
+    let (vehicle_rows, meter_rows) = (loaded.vehicle_rows, loaded.meter_rows);
     let mut table = Table::new(&[
         "vehicle",
         "approach",
@@ -340,6 +398,9 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         ),
         &table,
     );
+}
+
+fn report_cpu(settings: &Settings, cpu_splits: &[[f64; 5]], report: &mut Report) {
     let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's capacity"]);
     for (i, name) in [
         "query-api",
@@ -370,10 +431,6 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         ),
         &cpu,
     );
-    report.add_peak_rss("query-api", "every query run", &[api_peak_rss_kib]);
-    sizes(&db.pool, vehicle_rows, meter_rows, report).await?;
-    pool.close().await;
-    Ok(db.drop_database().await?)
 }
 
 /// CPU seconds the machine can give in `duration`.

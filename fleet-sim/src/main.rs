@@ -178,9 +178,29 @@ fn progress_bar(len: u64) -> ProgressBar {
     bar
 }
 
+/// Logs to stderr (the progress bar draws there too); `RUST_LOG` sets the level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Ends live mode: Ctrl-C, or SIGTERM as `scripts/run.sh` sends it.
+async fn stop_requested() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    init_logging();
     let cli = Cli::parse();
     let (spec, steps) = cli.spec()?;
     let mut fleet = Fleet::new(spec.clone())?;
@@ -199,13 +219,16 @@ async fn main() -> anyhow::Result<()> {
             interval_s = cli.interval_seconds,
             "history sent; sending live readings until stopped"
         );
-        let shutdown = shared::shutdown::signal();
+        let shutdown = stop_requested();
         tokio::pin!(shutdown);
         loop {
             let due = fleet.next_time();
             let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
-                () = &mut shutdown => break,
+                stopped = &mut shutdown => {
+                    stopped?;
+                    break;
+                }
                 () = tokio::time::sleep(wait) => {
                     let tick = fleet.tick();
                     sender.send(&tick.readings).await?;

@@ -172,12 +172,10 @@ impl Sender {
                 in_flight: JoinSet::new(),
             },
             Destination::Kafka { brokers, topic } => {
-                let producer = ingest_worker::kafka::reliable_producer_config(
-                    brokers,
-                    Duration::from_secs(300),
-                )
-                .create_with_context(DeliveryCounter::default())
-                .context("cannot create the Kafka producer")?;
+                let producer =
+                    kafka_kit::reliable_producer_config(brokers, Duration::from_secs(300))
+                        .create_with_context(DeliveryCounter::default())
+                        .context("cannot create the Kafka producer")?;
                 Inner::Kafka {
                     producer,
                     topic: topic.clone(),

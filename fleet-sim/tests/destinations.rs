@@ -7,10 +7,10 @@ use std::time::Duration;
 use test_support::eventually;
 use test_support::kafka::MockKafka;
 use test_support::postgres::fresh_database;
-use test_support::process::{wait_until_ok, Service};
+use test_support::process::Service;
 use test_support::services::Wiring;
 
-const TOPIC: &str = "energy.readings";
+use test_support::services::TOPIC;
 
 fn run_fleet_sim(args: &[&str], env: &[(&str, String)]) {
     let mut sim = Service::start("fleet-sim", args, env);
@@ -43,14 +43,9 @@ const FLEET: [&str; 14] = [
 async fn readings_sent_through_the_gateway_and_kafka_are_stored_once() {
     let kafka = MockKafka::start(&[(TOPIC, 4), ("energy.readings.dlq", 1)]);
     let db = fresh_database().await;
-    let wiring = Wiring {
-        database_url: db.url.clone(),
-        bootstrap: kafka.bootstrap(),
-        topic: TOPIC.to_owned(),
-    };
-    let (_worker, _) = wiring.start_worker("fleet-sim-test", &[]);
-    let (_gateway, gateway_url) = wiring.start_gateway(&[]);
-    wait_until_ok(&format!("{gateway_url}/readyz"), Duration::from_secs(30)).await;
+    let wiring = Wiring::new(db.url.clone(), kafka.bootstrap());
+    let (_worker, _) = wiring.start_worker("fleet-sim-test", &[]).await;
+    let (_gateway, gateway_url) = wiring.start_gateway(&[]).await;
 
     let recent = (chrono::Utc::now() - chrono::TimeDelta::hours(3))
         .format("%Y-%m-%dT%H:00:00Z")

@@ -4,7 +4,7 @@
 #![no_main]
 
 use chrono::DateTime;
-use ingest_worker::worker::copy::{encode_meter_rows, encode_vehicle_rows};
+use ingest_worker::copy::encode_rows;
 use libfuzzer_sys::fuzz_target;
 use shared::domain::{DeviceId, EventTime, MeterReading, VehicleReading};
 
@@ -61,7 +61,10 @@ fn parse(stream: &[u8], fields_per_row: i16) -> Vec<Vec<Vec<u8>>> {
         let fields = (0..count)
             .map(|_| {
                 let length = i32::from_be_bytes(input.take(4).unwrap().try_into().unwrap());
-                input.take(usize::try_from(length).unwrap()).unwrap().to_vec()
+                input
+                    .take(usize::try_from(length).unwrap())
+                    .unwrap()
+                    .to_vec()
             })
             .collect();
         rows.push(fields);
@@ -69,7 +72,9 @@ fn parse(stream: &[u8], fields_per_row: i16) -> Vec<Vec<Vec<u8>>> {
 }
 
 fn timestamp_field(at: &EventTime) -> Vec<u8> {
-    (at.instant().timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes().to_vec()
+    (at.instant().timestamp_micros() - PG_EPOCH_MICROS)
+        .to_be_bytes()
+        .to_vec()
 }
 
 fuzz_target!(|bytes: &[u8]| {
@@ -83,17 +88,30 @@ fuzz_target!(|bytes: &[u8]| {
             else {
                 break;
             };
-            vehicles.push(VehicleReading { vehicle_id, recorded_at, soc, kwh_delivered_dc: kwh, battery_temp: temp });
+            vehicles.push(VehicleReading {
+                vehicle_id,
+                recorded_at,
+                soc,
+                kwh_delivered_dc: kwh,
+                battery_temp: temp,
+            });
         } else {
             let Some(meter_id) = input.id() else { break };
-            let (Some(recorded_at), Some(kwh), Some(voltage)) = (input.time(), input.f64(), input.f64()) else {
+            let (Some(recorded_at), Some(kwh), Some(voltage)) =
+                (input.time(), input.f64(), input.f64())
+            else {
                 break;
             };
-            meters.push(MeterReading { meter_id, recorded_at, kwh_consumed_ac: kwh, voltage });
+            meters.push(MeterReading {
+                meter_id,
+                recorded_at,
+                kwh_consumed_ac: kwh,
+                voltage,
+            });
         }
     }
     let vehicle_refs: Vec<&VehicleReading> = vehicles.iter().collect();
-    let rows = parse(&encode_vehicle_rows(&vehicle_refs), 5);
+    let rows = parse(&encode_rows(&vehicle_refs), 5);
     assert_eq!(rows.len(), vehicles.len());
     for (row, v) in rows.iter().zip(&vehicles) {
         assert_eq!(row[0], v.vehicle_id.as_str().as_bytes());
@@ -103,7 +121,7 @@ fuzz_target!(|bytes: &[u8]| {
         assert_eq!(row[4], v.battery_temp.to_be_bytes());
     }
     let meter_refs: Vec<&MeterReading> = meters.iter().collect();
-    let rows = parse(&encode_meter_rows(&meter_refs), 4);
+    let rows = parse(&encode_rows(&meter_refs), 4);
     assert_eq!(rows.len(), meters.len());
     for (row, m) in rows.iter().zip(&meters) {
         assert_eq!(row[0], m.meter_id.as_str().as_bytes());

@@ -1,15 +1,263 @@
-//! The write side of the Energy Ingestion Engine.
+//! `ingest-worker`: consumes the readings topic in a consumer group and
+//! writes it to PostgreSQL in batches.
 //!
-//! - [`gateway`]: `ingest-gateway`, HTTP in, Kafka out; answers 202 only once
-//!   Kafka has acknowledged every reading of the request.
-//! - [`worker`]: `ingest-worker`, Kafka in, PostgreSQL out, in batches, with
-//!   offsets committed only after the batch's transaction.
-//! - [`kafka`]: client settings both sides share.
-//! - [`topics`]: `ingest-worker create-topics`, the topics with their partition counts.
+//! The loop collects messages until the batch is full or its oldest message
+//! has waited `batch_max_wait`, then flushes while the next batch fills:
+//! readings to PostgreSQL ([`store::write_batch`]; one transaction per group
+//! of partitions, the groups concurrently; readings the database refuses
+//! are isolated), then rejects to the dead-letter topic, and only when all
+//! of that is durable the batch's offsets are stored for the next commit. A crash
+//! anywhere before that re-reads the batch, and the database's primary keys
+//! turn the re-read into no-ops: nothing is lost, nothing is doubled.
 //!
-//! The binaries in `src/bin/` only parse configuration and call into here.
+//! - [`settings`]: `WorkerArgs` and the Kafka consumer they configure;
+//! - [`pipeline`]: the consume loop, flushing and retrying;
+//! - [`rebalance`]: dropping buffered messages of revoked partitions;
+//! - [`health`]: what `/readyz` and `/metrics` report (served by `service_kit::shell`);
+//! - [`batch`]: collecting and decoding messages;
+//! - [`store`]: the database transaction;
+//! - [`stream`]: the vehicle and meter streams, each described once;
+//! - [`copy`]: binary COPY encoding;
+//! - [`rollup`]: hourly rollups kept with the history rows;
+//! - [`partitions`]: day and month partitions created ahead, dropped past retention;
+//! - [`dead_letter`]: the dead-letter topic.
+//!
+//! The binary (`src/main.rs`) parses configuration, binds the health
+//! listener and calls [`run`]; `migrate` and `create-topics` are its
+//! subcommands.
 
-pub mod gateway;
-pub mod kafka;
-pub mod topics;
-pub mod worker;
+pub mod batch;
+pub mod copy;
+pub mod dead_letter;
+pub mod health;
+pub mod partitions;
+pub mod pipeline;
+pub mod rebalance;
+pub mod rollup;
+pub mod settings;
+pub mod store;
+pub mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use service_kit::db;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::dead_letter::DeadLetterProducer;
+use self::health::Health;
+use self::partitions::Partitions;
+use self::pipeline::Sink;
+use self::rebalance::WorkerContext;
+pub use self::settings::WorkerArgs;
+
+fn describe_metrics() {
+    use service_kit::metrics::Kind::{Counter, Gauge, Histogram};
+    service_kit::metrics::describe(&[
+        (Counter, "energy_worker_batches_total", "Batches committed"),
+        (
+            Histogram,
+            "energy_worker_batch_duration_seconds",
+            "Time to make a batch durable (database, dead letters)",
+        ),
+        (
+            Counter,
+            "energy_worker_rows_written_total",
+            "Rows stored, by table",
+        ),
+        (
+            Counter,
+            "energy_worker_duplicates_total",
+            "Readings not stored because already stored",
+        ),
+        (
+            Counter,
+            "energy_worker_dead_lettered_total",
+            "Messages sent to the dead-letter topic, by kind of reason",
+        ),
+        (
+            Counter,
+            "energy_worker_retries_total",
+            "Failed attempts retried, by operation",
+        ),
+        (
+            Counter,
+            "energy_worker_rebalances_total",
+            "Partitions assigned or revoked, by kind",
+        ),
+        (
+            Gauge,
+            "energy_worker_consumer_lag_messages",
+            "Messages behind the partition's end, by partition (librdkafka statistics)",
+        ),
+        (
+            Gauge,
+            "energy_worker_newest_stored_reading_age_seconds",
+            "Now minus the event time of the newest reading stored",
+        ),
+    ]);
+}
+
+/// Runs the worker until `shutdown` completes, serving its probes on
+/// `health_listener`: then it stops fetching, flushes and commits the open
+/// batch, leaves the group and returns.
+pub async fn run(
+    args: WorkerArgs,
+    health_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Before anything is counted: metrics recorded earlier would be lost.
+    service_kit::metrics::handle();
+    describe_metrics();
+    let pool = db::pool(&args.db, "ingest-worker").context("invalid database settings")?;
+    db::wait_until_migrated(&pool).await?;
+    let partitions = Arc::new(Partitions::new(
+        args.validation.retention_days,
+        args.rollup_retention_days,
+    ));
+    maintain_partitions_until_done(&pool, &partitions).await;
+    let dead_letter_topic = args.dead_letter_topic();
+    ensure_topics_exist(
+        &args.kafka.kafka_brokers,
+        &[&args.kafka.kafka_topic, &dead_letter_topic],
+    )
+    .await?;
+    let consumer = subscribe(&args)?;
+
+    let token = CancellationToken::new();
+    let signal_token = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal_token.cancel();
+    });
+    let health = Arc::new(Health::new(Duration::from_millis(args.not_ready_after_ms)));
+    tokio::spawn(maintain_partitions_hourly(
+        pool.clone(),
+        partitions.clone(),
+        token.clone(),
+    ));
+    let health_server = tokio::spawn(health::serve(
+        health_listener,
+        health.clone(),
+        args.http,
+        token.clone().cancelled_owned(),
+    ));
+
+    let sink = Sink {
+        pool,
+        dead_letters: DeadLetterProducer::new(
+            &args.kafka.kafka_brokers,
+            &args.kafka.kafka_topic,
+            &dead_letter_topic,
+        )?,
+        consumer,
+        topic: args.kafka.kafka_topic.clone(),
+        rules: args.validation.rules(),
+        health,
+        partitions,
+        shutdown: token.clone(),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        write_concurrency: args.batch_write_concurrency.max(1),
+    };
+    tracing::info!(
+        topic = %args.kafka.kafka_topic,
+        group = %args.kafka_group_id,
+        dead_letter_topic = %dead_letter_topic,
+        "ingest-worker consuming"
+    );
+    let result = pipeline::consume(&sink, args.batch_limits()).await;
+    // Committing and closing the consumer block: off the executor, with the
+    // only handle to the consumer, so that closing (leaving the group) happens there.
+    tokio::task::spawn_blocking(move || sink.close()).await?;
+    token.cancel();
+    match health_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error = %format!("{error:#}"), "health listener failed"),
+        Err(error) => tracing::warn!(%error, "health listener panicked"),
+    }
+    result
+}
+
+/// The group's consumer, subscribed to the readings topic.
+fn subscribe(args: &WorkerArgs) -> anyhow::Result<StreamConsumer<WorkerContext>> {
+    let consumer: StreamConsumer<WorkerContext> = settings::consumer_config(args)
+        .create_with_context(WorkerContext::default())
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&args.kafka.kafka_topic])
+        .context("cannot subscribe to the readings topic")?;
+    Ok(consumer)
+}
+
+/// Start-up partition upkeep, retried until PostgreSQL answers: the first
+/// batch must find its partitions.
+async fn maintain_partitions_until_done(pool: &sqlx::PgPool, partitions: &Partitions) {
+    let mut backoff =
+        service_kit::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while let Err(error) = partitions
+        .maintain(pool, chrono::Utc::now().date_naive())
+        .await
+    {
+        tracing::warn!(%error, "partition upkeep failed, retrying");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Creates tomorrow's partitions and drops expired ones every hour.
+async fn maintain_partitions_hourly(
+    pool: sqlx::PgPool,
+    partitions: Arc<Partitions>,
+    shutdown: CancellationToken,
+) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    every_hour.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every_hour.tick() => {
+                if let Err(error) = partitions.maintain(&pool, chrono::Utc::now().date_naive()).await {
+                    tracing::warn!(%error, "hourly partition upkeep failed; will try again");
+                }
+            }
+        }
+    }
+}
+
+/// Fails with a clear message when a topic does not exist, instead of
+/// consuming nothing or retrying dead-letter publishes forever.
+async fn ensure_topics_exist(brokers: &str, topics: &[&str]) -> anyhow::Result<()> {
+    let brokers = brokers.to_owned();
+    let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = kafka_kit::client_config(
+            &[("bootstrap.servers", brokers.clone())],
+            &[("allow.auto.create.topics", "false")],
+        )
+        .create()
+        .context("cannot create the Kafka metadata client")?;
+        let mut backoff =
+            service_kit::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        for topic in &topics {
+            // The cluster may still be starting: retry until it answers.
+            let metadata = loop {
+                match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                    Ok(metadata) => break metadata,
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka not reachable yet");
+                        std::thread::sleep(backoff.next_delay());
+                    }
+                }
+            };
+            anyhow::ensure!(
+                kafka_kit::topics::partition_count(&metadata, topic).is_some(),
+                "kafka topic {topic} does not exist: create it with `ingest-worker create-topics` (README, \"Topics and their partition count\")"
+            );
+        }
+        Ok(())
+    })
+    .await?
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ingest_worker::worker::store::write_batch;
+use ingest_worker::store::write_batch;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use shared::domain::{DeviceId, EventTime, MeterReading, Reading, VehicleReading};

@@ -2,7 +2,7 @@
 //! partition before a reading needs it, and retention drops whole days.
 
 use chrono::{Days, NaiveDate, Utc};
-use ingest_worker::worker::partitions::Partitions;
+use ingest_worker::partitions::Partitions;
 use sqlx::PgPool;
 use test_support::postgres::fresh_unmigrated_database;
 
@@ -24,16 +24,16 @@ fn day_name(parent: &str, day: NaiveDate) -> String {
 #[tokio::test]
 async fn upkeep_creates_every_accepted_day_ahead_and_drops_expired_ones() {
     let db = fresh_unmigrated_database().await;
-    shared::db::migrate(&db.pool).await.unwrap();
+    service_kit::db::migrate(&db.pool).await.unwrap();
     let today = Utc::now().date_naive();
     // An expired day that holds data, as if left from long ago.
     let expired = today - Days::new(120);
-    sqlx::query("SELECT energy_ensure_partitions('vehicle_readings', $1, $1, false)")
+    sqlx::query("SELECT energy_ensure_partitions('vehicle_readings', $1, $1)")
         .bind(expired)
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("SELECT energy_ensure_partitions('vehicle_hourly', $1, $1, true)")
+    sqlx::query("SELECT energy_ensure_partitions('vehicle_hourly', $1, $1)")
         .bind(expired)
         .execute(&db.pool)
         .await

@@ -2,7 +2,7 @@
 //! once, current state moving forward in event time only.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ingest_worker::worker::store::{write_batch, BatchOutcome};
+use ingest_worker::store::{write_batch, BatchOutcome};
 use shared::domain::Reading;
 use test_support::postgres::{ensure_partitions, fresh_database, TestDatabase};
 use test_support::readings::{assignment, decode, meter, vehicle};

@@ -8,26 +8,25 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Parser;
-use ingest_worker::worker::{self, WorkerArgs};
+use ingest_worker::WorkerArgs;
 use rdkafka::Message;
 use serde_json::Value;
 use sqlx::Connection;
 use test_support::eventually;
+use test_support::in_process::InProcess;
 use test_support::kafka::{
     committed_offsets, end_offsets, header, produce_all, producer, read_topic, MockKafka,
 };
 use test_support::postgres::{fresh_database, fresh_unmigrated_database, TestDatabase};
 use test_support::readings::{key_of, meter, vehicle};
-use tokio::sync::oneshot;
 
-const TOPIC: &str = "energy.readings";
+use test_support::services::TOPIC;
 const DLQ: &str = "energy.readings.dlq";
 const GROUP: &str = "test-workers";
 const PARTITIONS: i32 = 3;
 
 struct Worker {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: InProcess,
 }
 
 fn worker_args(kafka: &MockKafka, db: &TestDatabase, extra: &[&str]) -> WorkerArgs {
@@ -42,31 +41,24 @@ fn worker_args(kafka: &MockKafka, db: &TestDatabase, extra: &[&str]) -> WorkerAr
         format!("--kafka-brokers={}", kafka.bootstrap()),
         format!("--kafka-topic={TOPIC}"),
         format!("--kafka-group-id={GROUP}"),
-        "--health-addr=127.0.0.1:0".to_owned(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     Cli::parse_from(argv).worker
 }
 
 impl Worker {
-    fn start(args: WorkerArgs) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker::run(args, async {
-            let _ = stopped.await;
-        }));
+    /// The worker in this process, its probes on port 0; not waited for.
+    async fn start(args: WorkerArgs) -> Self {
         Self {
-            stop: Some(stop),
-            task,
+            service: InProcess::spawn(|listener, shutdown| {
+                ingest_worker::run(args, listener, shutdown)
+            })
+            .await,
         }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("worker stops in time")
-            .unwrap()
-            .unwrap();
+    async fn stop(self) {
+        self.service.stop().await;
     }
 }
 
@@ -156,7 +148,8 @@ async fn rows_equal_readings_with_duplicates_out_of_order_and_poison_messages() 
         &kafka,
         &db,
         &["--batch-max-readings=64", "--batch-max-wait-ms=100"],
-    ));
+    ))
+    .await;
     eventually("all rows stored", Duration::from_secs(60), || async {
         (rows(&db, "vehicle_readings").await == 300 && rows(&db, "meter_readings").await == 300)
             .then_some(())
@@ -251,7 +244,7 @@ async fn offsets_are_committed_only_after_the_rows_are_in_postgres() {
     let committed = || committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, 1)[&0];
 
     produce_all(&producer, TOPIC, &batch(0, 10)).await;
-    let worker = Worker::start(worker_args(&kafka, &db, &["--batch-max-wait-ms=50"]));
+    let worker = Worker::start(worker_args(&kafka, &db, &["--batch-max-wait-ms=50"])).await;
     eventually(
         "first rows and their commit",
         Duration::from_secs(30),
@@ -310,7 +303,8 @@ async fn lost_database_connections_are_retried_and_nothing_is_lost_or_doubled() 
         &kafka,
         &db,
         &["--batch-max-readings=100", "--batch-max-wait-ms=20"],
-    ));
+    ))
+    .await;
 
     // Start killing only once the worker has joined the group and is writing.
     produce_all(&producer, TOPIC, &messages[..100]).await;
@@ -377,9 +371,8 @@ async fn lost_database_connections_are_retried_and_nothing_is_lost_or_doubled() 
 async fn refuses_to_start_against_an_unmigrated_database() {
     let kafka = MockKafka::start(&[(TOPIC, 1)]);
     let db = fresh_unmigrated_database().await;
-    let error = worker::run(worker_args(&kafka, &db, &[]), std::future::pending())
-        .await
-        .unwrap_err();
+    let worker = Worker::start(worker_args(&kafka, &db, &[])).await;
+    let error = worker.service.outcome().await.unwrap_err();
     assert!(
         error.to_string().contains("run `ingest-worker migrate`"),
         "{error}"
@@ -402,7 +395,8 @@ async fn after_a_broker_outage_the_worker_rejoins_and_resumes_at_once() {
         &kafka,
         &db,
         &["--batch-max-wait-ms=50", "--kafka-session-timeout-ms=6000"],
-    ));
+    ))
+    .await;
     eventually("the first readings", Duration::from_secs(30), || async {
         (rows(&db, "meter_readings").await == 100).then_some(())
     })

@@ -9,7 +9,7 @@ use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
 use crate::params::device_id;
-use crate::AppState;
+use crate::state::AppState;
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

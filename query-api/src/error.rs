@@ -1,11 +1,12 @@
-//! The query API's one mapping from failures to HTTP responses. Bodies are
-//! JSON `{"error": "..."}`; database errors are logged inside the request
-//! span and answered with an opaque 500.
+//! The query API's one mapping from its failures to HTTP responses. Bodies
+//! are JSON `{"error": "..."}`; database errors are logged inside the
+//! request span and answered with an opaque 500 (or a 503 when retrying may
+//! help). Probes, fallbacks, timeouts, body limits and API-key refusals are
+//! the shell's (`service_kit::shell::ShellError`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use service_kit::shell::{error_response, unavailable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -13,54 +14,25 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Unavailable(&'static str),
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    #[error("the request took too long")]
-    Timeout,
     #[error("internal error")]
     Database(#[from] sqlx::Error),
-    #[error("{0}")]
-    Unauthorized(#[from] shared::auth::AuthError),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, self.to_string()),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, self.to_string()),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
-            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, self.to_string()),
+        match &self {
+            ApiError::BadRequest(message) => error_response(StatusCode::BAD_REQUEST, message),
+            ApiError::NotFound(message) => error_response(StatusCode::NOT_FOUND, message),
             // The database is down or saturated: a retry later may succeed.
-            ApiError::Database(error) if shared::db::is_transient(error) => {
+            ApiError::Database(error) if service_kit::db::is_transient(error) => {
                 tracing::warn!(%error, "database unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is unavailable: retry later".to_owned(),
-                )
+                unavailable("the database is unavailable: retry later")
             }
             ApiError::Database(error) => {
                 tracing::error!(%error, "database error");
-                (StatusCode::INTERNAL_SERVER_ERROR, self.to_string())
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, &self.to_string())
             }
-            ApiError::Unauthorized(error) => {
-                let mut response =
-                    (error.status(), Json(json!({ "error": self.to_string() }))).into_response();
-                if let Some(challenge) = error.challenge() {
-                    response.headers_mut().insert(
-                        axum::http::header::WWW_AUTHENTICATE,
-                        axum::http::HeaderValue::from_static(challenge),
-                    );
-                }
-                return response;
-            }
-        };
-        (status, Json(json!({ "error": message }))).into_response()
+        }
     }
 }
 

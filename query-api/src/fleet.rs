@@ -19,10 +19,10 @@ use base64::Engine as _;
 use serde::Serialize;
 use shared::wire::format_timestamp;
 
+use crate::charging::{Charging, Health, Thresholds};
 use crate::error::ApiError;
 use crate::params::QueryParams;
-use crate::performance::Charging;
-use crate::AppState;
+use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1_000;
@@ -30,7 +30,7 @@ pub const MAX_LIMIT: usize = 1_000;
 /// `$1`/`$2`: the window.
 pub const FLEET_SQL: &str = concat!(
     "WITH ",
-    crate::window_cut_cte!("$1", "$2", "true"),
+    crate::sql::window_cut_cte!("$1", "$2", "true"),
     ",
 vehicle_parts AS (
     SELECT r.vehicle_id, 1::bigint AS n, r.kwh_delivered_dc AS dc, r.battery_temp AS temp
@@ -48,11 +48,11 @@ fleet AS (
 ),
 wanted AS (SELECT vehicle_id FROM fleet WHERE n > 0),
 ",
-    crate::spans_cte!("$1", "$2"),
+    crate::sql::spans_cte!("$1", "$2"),
     ",\n",
-    crate::meter_cut_cte!("$1", "$2", "true"),
+    crate::sql::meter_cut_cte!("$1", "$2", "true"),
     ",\n",
-    crate::meter_pieces_cte!(),
+    crate::sql::meter_pieces_cte!(),
     ",
 meters AS (SELECT vehicle_id, sum(n)::bigint AS n, sum(ac) AS ac FROM meter_pieces GROUP BY vehicle_id)
 SELECT f.vehicle_id, f.n AS vehicle_readings, f.dc AS sum_dc, f.temp / f.n AS avg_battery_temp,
@@ -60,50 +60,6 @@ SELECT f.vehicle_id, f.n AS vehicle_readings, f.dc AS sum_dc, f.temp / f.n AS av
 FROM fleet f LEFT JOIN meters m USING (vehicle_id)
 WHERE f.n > 0"
 );
-
-/// Where a vehicle's efficiency puts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Health {
-    Healthy,
-    Warning,
-    Critical,
-    /// No AC energy was drawn in the window: efficiency is undefined.
-    Unknown,
-}
-
-impl Health {
-    fn parse(raw: &str) -> Result<Self, ApiError> {
-        match raw {
-            "HEALTHY" => Ok(Self::Healthy),
-            "WARNING" => Ok(Self::Warning),
-            "CRITICAL" => Ok(Self::Critical),
-            "UNKNOWN" => Ok(Self::Unknown),
-            _ => Err(ApiError::BadRequest(
-                "status must be HEALTHY, WARNING, CRITICAL or UNKNOWN (comma-separated for several)".into(),
-            )),
-        }
-    }
-}
-
-/// Efficiency bands, in percent: at or above `healthy` is HEALTHY, at or
-/// above `warning` WARNING, below it CRITICAL.
-#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
-pub struct Thresholds {
-    pub healthy: f64,
-    pub warning: f64,
-}
-
-impl Thresholds {
-    pub fn classify(&self, efficiency: Option<f64>) -> Health {
-        match efficiency {
-            None => Health::Unknown,
-            Some(e) if e >= self.healthy => Health::Healthy,
-            Some(e) if e >= self.warning => Health::Warning,
-            Some(_) => Health::Critical,
-        }
-    }
-}
 
 #[derive(sqlx::FromRow)]
 struct FleetRow {
@@ -270,16 +226,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bands_and_ranking() {
-        let t = Thresholds {
-            healthy: 85.0,
-            warning: 70.0,
-        };
-        assert_eq!(t.classify(Some(85.0)), Health::Healthy);
-        assert_eq!(t.classify(Some(84.99)), Health::Warning);
-        assert_eq!(t.classify(Some(70.0)), Health::Warning);
-        assert_eq!(t.classify(Some(69.99)), Health::Critical);
-        assert_eq!(t.classify(None), Health::Unknown);
+    fn worst_first_then_by_id() {
         let mut keys = vec![
             (None, "a"),
             (Some(90.0), "b"),

@@ -1,6 +1,5 @@
 //! `query-api`: HTTP analytics over the stored readings. See the `query_api` library.
 
-use anyhow::Context as _;
 use clap::Parser;
 use query_api::QueryArgs;
 
@@ -14,10 +13,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    service_kit::telemetry::init();
     let cli = Cli::parse();
-    let listener = tokio::net::TcpListener::bind(cli.query.query_api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.query.query_api_addr))?;
-    query_api::serve(cli.query, listener, shared::shutdown::signal()).await
+    let listener =
+        service_kit::http::bind("query-api", cli.query.query_api_addr, "QUERY_API_ADDR").await?;
+    query_api::serve(cli.query, listener, service_kit::shutdown::signal()).await
 }

@@ -10,12 +10,12 @@ use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The window cut at whole hours exactly as in [`crate::performance`].
 pub const METER_STATS_SQL: &str = concat!(
     "WITH ",
-    crate::window_cut_cte!("$2", "$3", "true"),
+    crate::sql::window_cut_cte!("$2", "$3", "true"),
     ",
 parts AS (
     SELECT count(*) AS n, coalesce(sum(m.kwh_consumed_ac), 0) AS sum_ac,

@@ -3,9 +3,8 @@
 //! and the router is built from the same annotations (`utoipa_axum::routes!`),
 //! so a route cannot be served without being described.
 
-use serde::Serialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
+use service_kit::shell::ErrorBody;
+use utoipa::{IntoParams, IntoResponses, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,40 +20,12 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
         (name = "analytics", description = "Charging efficiency over a window"),
         (name = "devices", description = "Current state of a device"),
         (name = "operations", description = "Probes, metrics and this description")
-    ),
-    modifiers(&BearerKey)
+    )
 )]
 pub struct ApiDoc;
 
-/// The name operations use to require an API key.
-pub const API_KEY: &str = "api_key";
-
-struct BearerKey;
-
-impl Modify for BearerKey {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            API_KEY,
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "An API key with the read role (API_KEYS on the server), unless the \
-                         server runs with AUTH_DISABLED=true",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// Every error answer.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What was wrong, for a person to read.
-    pub error: String,
-}
+/// The API key the analytics routes need, as the description states it.
+pub const API_KEY_DESCRIPTION: &str = "An API key with the read role (API_KEYS on the server), unless the server runs with AUTH_DISABLED=true";
 
 /// The window of an analytics request.
 #[derive(IntoParams)]

@@ -15,34 +15,24 @@ use shared::domain::DeviceId;
 use shared::wire::format_timestamp;
 use sqlx::PgPool;
 
+use crate::charging::Charging;
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams, Window};
-use crate::AppState;
+use crate::state::AppState;
 
-/// One round trip. Every interval is left-open, right-closed, like the
-/// window `(from, to]` and like an hourly rollup row `(hour_end - 1h,
-/// hour_end]`. Each interval to sum (the window for the vehicle, and for each
-/// meter the part of the window its assignment covers) is cut at whole
-/// hours: the whole hours inside come from the rollups, and only the partial
-/// hours at its two edges from raw readings. So the query reads a few dozen
-/// rows per stream however often a device reports, and every access is an
-/// index range scan on (device id, time) in the partitions of the edge days.
-///
-/// An assignment `[start, end)` is the interval `(start - 1µs, end - 1µs]`
-/// on PostgreSQL's microsecond grid.
 /// One round trip: the vehicle's window and each of its meters' spans cut
 /// at whole hours (see [`crate::sql`]), so it reads a few dozen rows per
 /// stream however often a device reports, and every access is an index
 /// range scan on (device id, time) in the partitions of the edge days.
 pub const PERFORMANCE_SQL: &str = concat!(
     "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
-    crate::spans_cte!("$2", "$3"),
+    crate::sql::spans_cte!("$2", "$3"),
     ",\n",
-    crate::meter_cut_cte!("$2", "$3", "true"),
+    crate::sql::meter_cut_cte!("$2", "$3", "true"),
     ",\n",
-    crate::meter_pieces_cte!(),
+    crate::sql::meter_pieces_cte!(),
     ",\n",
-    crate::window_cut_cte!("$2", "$3", "true"),
+    crate::sql::window_cut_cte!("$2", "$3", "true"),
     ",
 vehicle AS (
     SELECT head.n + tail.n + hours.n AS n, head.dc + tail.dc + hours.dc AS dc,
@@ -73,42 +63,6 @@ SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
 FROM vehicle v"
 );
 
-/// DC against AC over some interval: the figures every analytics answer
-/// (one window, one bucket, one vehicle of the fleet) reports, in the
-/// original API's field names.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Charging {
-    #[serde(rename = "sumDC")]
-    pub sum_dc: f64,
-    #[serde(rename = "sumAC")]
-    pub sum_ac: f64,
-    /// 100 × DC / AC rounded to 2 decimals; `null` when no AC was drawn.
-    pub efficiency: Option<f64>,
-    pub avg_battery_temp: Option<f64>,
-    pub vehicle_readings: i64,
-    pub meter_readings: i64,
-}
-
-impl Charging {
-    pub fn new(
-        vehicle_readings: i64,
-        sum_dc: f64,
-        avg_battery_temp: Option<f64>,
-        meter_readings: i64,
-        sum_ac: f64,
-    ) -> Self {
-        Self {
-            sum_dc,
-            sum_ac,
-            efficiency: efficiency(sum_dc, sum_ac),
-            avg_battery_temp,
-            vehicle_readings,
-            meter_readings,
-        }
-    }
-}
-
 /// The original API's response shape.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -130,11 +84,6 @@ struct PerformanceRow {
     meter_readings: i64,
     sum_ac: f64,
     meter_ids: Vec<String>,
-}
-
-/// 100 × DC / AC rounded to 2 decimals; `None` when no AC was drawn.
-pub fn efficiency(sum_dc: f64, sum_ac: f64) -> Option<f64> {
-    (sum_ac > 0.0).then(|| (100.0 * sum_dc / sum_ac * 100.0).round() / 100.0)
 }
 
 /// Computes the efficiency of `vehicle` over `window`; `None` when the vehicle

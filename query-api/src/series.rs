@@ -15,10 +15,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use shared::wire::format_timestamp;
 
+use crate::charging::Charging;
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
-use crate::performance::Charging;
-use crate::AppState;
+use crate::state::AppState;
 
 /// Most points one series may have.
 pub const MAX_POINTS: i64 = 2_000;
@@ -27,11 +27,11 @@ pub const MAX_POINTS: i64 = 2_000;
 /// hours may come from rollups (bucket sizes of an hour or more).
 pub const SERIES_SQL: &str = concat!(
     "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
-    crate::spans_cte!("$2", "$3"),
+    crate::sql::spans_cte!("$2", "$3"),
     ",\n",
-    crate::meter_cut_cte!("$2", "$3", "$5"),
+    crate::sql::meter_cut_cte!("$2", "$3", "$5"),
     ",\n",
-    crate::window_cut_cte!("$2", "$3", "$5"),
+    crate::sql::window_cut_cte!("$2", "$3", "$5"),
     ",
 parts AS (
     SELECT r.recorded_at AS at, 1::bigint AS v_n, r.kwh_delivered_dc AS dc, r.battery_temp AS temp,

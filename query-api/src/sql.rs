@@ -22,7 +22,6 @@
 /// `($from, $to]`; `ends_at` is NULL while open. Assignments before a
 /// vehicle's last event at or before `$from` ended by then, so the query
 /// reads only a few per vehicle however long the assignment history.
-#[macro_export]
 macro_rules! spans_cte {
     ($from:literal, $to:literal) => {
         concat!("spans AS (
@@ -56,7 +55,6 @@ macro_rules! spans_cte {
 /// `meter_cut(vehicle_id, meter_id, lo, hi, a, b, head_hi, tail_lo)`: each
 /// span clipped to the window `($from, $to]` and cut at whole hours; with
 /// `$rollups` false (an SQL boolean), no hour comes from rollups.
-#[macro_export]
 macro_rules! meter_cut_cte {
     ($from:literal, $to:literal, $rollups:literal) => {
         concat!(
@@ -88,7 +86,6 @@ macro_rules! meter_cut_cte {
 }
 
 /// `meter_pieces(vehicle_id, meter_id, n, ac)`: readings and kWh of each cut span.
-#[macro_export]
 macro_rules! meter_pieces_cte {
     () => {
         "meter_pieces AS (
@@ -111,7 +108,6 @@ macro_rules! meter_pieces_cte {
 }
 
 /// `window_cut(a, b, head_hi, tail_lo)` of the window `($from, $to]`.
-#[macro_export]
 macro_rules! window_cut_cte {
     ($from:literal, $to:literal, $rollups:literal) => {
         concat!(
@@ -137,3 +133,5 @@ macro_rules! window_cut_cte {
         )
     };
 }
+
+pub(crate) use {meter_cut_cte, meter_pieces_cte, spans_cte, window_cut_cte};

@@ -5,6 +5,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::wire::format_timestamp;
 use sqlx::PgPool;
+use test_support::in_process::InProcess;
 use test_support::postgres::{fresh_database, fresh_unmigrated_database};
 
 mod common;
@@ -19,7 +20,7 @@ fn t(origin: DateTime<Utc>, minutes: f64) -> DateTime<Utc> {
 /// and hourly rollups are exactly what production would hold.
 async fn store(pool: &PgPool, values: &[Value]) {
     let readings: Vec<_> = values.iter().map(test_support::readings::decode).collect();
-    ingest_worker::worker::store::write_batch(pool, &readings)
+    ingest_worker::store::write_batch(pool, &readings)
         .await
         .expect("write readings");
 }
@@ -352,10 +353,10 @@ async fn current_state_and_health() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_to_start_against_an_unmigrated_database() {
     let db = fresh_unmigrated_database().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let error = query_api::serve(args(&db), listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let args = args(&db);
+    let api =
+        InProcess::spawn(|listener, shutdown| query_api::serve(args, listener, shutdown)).await;
+    let error = api.outcome().await.unwrap_err();
     assert!(
         error.to_string().contains("run `ingest-worker migrate`"),
         "{error}"

@@ -29,7 +29,7 @@ async fn seed(db: &TestDatabase) {
         values.push(vehicle("F-NOAC", at, 50.0, 0.3, 24.0));
     }
     let readings: Vec<_> = values.iter().map(decode).collect();
-    ingest_worker::worker::store::write_batch(&db.pool, &readings)
+    ingest_worker::store::write_batch(&db.pool, &readings)
         .await
         .unwrap();
 }

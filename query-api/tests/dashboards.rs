@@ -57,7 +57,7 @@ async fn seed(db: &TestDatabase) -> DateTime<Utc> {
     ));
     for chunk in values.chunks(1_000) {
         let readings: Vec<_> = chunk.iter().map(decode).collect();
-        ingest_worker::worker::store::write_batch(&db.pool, &readings)
+        ingest_worker::store::write_batch(&db.pool, &readings)
             .await
             .unwrap();
     }

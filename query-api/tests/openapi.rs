@@ -67,7 +67,7 @@ async fn every_route_is_described_and_its_examples_get_the_described_answers() {
         values.push(meter("MTR-03", at, 0.25, 230.0));
     }
     let readings: Vec<_> = values.iter().map(decode).collect();
-    ingest_worker::worker::store::write_batch(&db.pool, &readings)
+    ingest_worker::store::write_batch(&db.pool, &readings)
         .await
         .unwrap();
     let api = Api::start_with(args_with(&db, &[&format!("--api-keys=read:{READ_KEY}")])).await;

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ingest_worker::worker::store::write_batch;
+use ingest_worker::store::write_batch;
 use query_api::performance::PERFORMANCE_SQL;
 use serde_json::Value;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};

@@ -1,22 +1,16 @@
-//! Pieces that more than one Energy Ingestion Engine binary needs: the wire
-//! format of a reading, the validated domain types it is parsed into, the
-//! command-line/env configuration groups, database access (pool, migrations,
-//! the "is this database migrated" check), telemetry and shutdown signals.
+//! The pure core of the Energy Ingestion Engine: what a reading is, on the
+//! wire and once validated. Every producer, the gateway, the worker, the
+//! fuzzer and fleet-sim read and write readings through here.
 //!
-//! Also the HTTP server both services run ([`http`]) and strict JSON parsing
-//! for untrusted input ([`json`]).
+//! - [`wire`]: the original API's camelCase JSON, decoded with every bad
+//!   field named, and the canonical encoding published to Kafka;
+//! - [`domain`]: the validated types past the decoder (`DeviceId`,
+//!   `EventTime`, `Reading`), whose constructors enforce the rules;
+//! - [`json`]: strict JSON for untrusted input (duplicate keys refused).
 //!
-//! Invariant: this crate never depends on rdkafka, so query-api never builds
-//! librdkafka.
+//! Invariant: no async runtime, no web, database or Kafka stack
+//! (`test-support/tests/layering.rs` checks it with `cargo tree`).
 
-pub mod auth;
-pub mod config;
-pub mod db;
 pub mod domain;
-pub mod http;
 pub mod json;
-pub mod metrics;
-pub mod retry;
-pub mod shutdown;
-pub mod telemetry;
 pub mod wire;

@@ -22,7 +22,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: &str, error: impl Into<String>) -> Self {
+    pub fn new(field: &str, error: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             error: error.into(),
@@ -56,6 +56,24 @@ impl ValidationRules {
         let days = self.retention_days?;
         let day = now.date_naive() - chrono::Days::new(u64::from(days));
         Some(day.and_hms_opt(0, 0, 0)?.and_utc())
+    }
+
+    /// Refuses a reading taken at `at` that is older than the retention at
+    /// `now`; the error names the cutoff. The decoder applies it, and the
+    /// worker again when a batch is flushed (a reading can age past the
+    /// cutoff at midnight while it waits).
+    pub fn check_retention(&self, at: EventTime, now: DateTime<Utc>) -> Result<(), FieldError> {
+        match self.retention_cutoff(now) {
+            Some(cutoff) if at.instant() < cutoff => Err(FieldError::new(
+                "timestamp",
+                format!(
+                    "is older than the {}-day retention (before {})",
+                    self.retention_days.unwrap_or_default(),
+                    format_timestamp(cutoff)
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -118,61 +136,9 @@ pub fn decode_value(
         }
     };
     let reading = match kind {
-        "VEHICLE" => {
-            let vehicle_id = fields.device_id("vehicleId");
-            let soc = fields.number_in("soc", 0.0, 100.0);
-            let kwh_delivered_dc = fields.energy("kwhDeliveredDc");
-            let battery_temp = fields.number_in("batteryTemp", -60.0, 120.0);
-            let recorded_at = fields.reading_timestamp(rules, now);
-            match (vehicle_id, soc, kwh_delivered_dc, battery_temp, recorded_at) {
-                (
-                    Some(vehicle_id),
-                    Some(soc),
-                    Some(kwh_delivered_dc),
-                    Some(battery_temp),
-                    Some(recorded_at),
-                ) => Some(Reading::Vehicle(VehicleReading {
-                    vehicle_id,
-                    recorded_at,
-                    soc,
-                    kwh_delivered_dc,
-                    battery_temp,
-                })),
-                _ => None,
-            }
-        }
-        "METER" => {
-            let meter_id = fields.device_id("meterId");
-            let kwh_consumed_ac = fields.energy("kwhConsumedAc");
-            let voltage = fields.number_in("voltage", 0.0, 2000.0);
-            let recorded_at = fields.reading_timestamp(rules, now);
-            match (meter_id, kwh_consumed_ac, voltage, recorded_at) {
-                (Some(meter_id), Some(kwh_consumed_ac), Some(voltage), Some(recorded_at)) => {
-                    Some(Reading::Meter(MeterReading {
-                        meter_id,
-                        recorded_at,
-                        kwh_consumed_ac,
-                        voltage,
-                    }))
-                }
-                _ => None,
-            }
-        }
-        "ASSIGNMENT" => {
-            let vehicle_id = fields.device_id("vehicleId");
-            let meter_id = fields.nullable_device_id("meterId");
-            let starts_at = fields.timestamp(rules, now);
-            match (vehicle_id, meter_id, starts_at) {
-                (Some(vehicle_id), Some(meter_id), Some(starts_at)) => {
-                    Some(Reading::Assignment(Assignment {
-                        vehicle_id,
-                        meter_id,
-                        starts_at,
-                    }))
-                }
-                _ => None,
-            }
-        }
+        "VEHICLE" => fields.vehicle(rules, now),
+        "METER" => fields.meter(rules, now),
+        "ASSIGNMENT" => fields.assignment(rules, now),
         _ => {
             fields.errors.push(FieldError::new(
                 "type",
@@ -191,6 +157,46 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// Every field of a vehicle reading is read, so each bad one is named.
+    fn vehicle(&mut self, rules: &ValidationRules, now: DateTime<Utc>) -> Option<Reading> {
+        let vehicle_id = self.device_id("vehicleId");
+        let soc = self.number_in("soc", 0.0, 100.0);
+        let kwh_delivered_dc = self.energy("kwhDeliveredDc");
+        let battery_temp = self.number_in("batteryTemp", -60.0, 120.0);
+        let recorded_at = self.reading_timestamp(rules, now);
+        Some(Reading::Vehicle(VehicleReading {
+            vehicle_id: vehicle_id?,
+            recorded_at: recorded_at?,
+            soc: soc?,
+            kwh_delivered_dc: kwh_delivered_dc?,
+            battery_temp: battery_temp?,
+        }))
+    }
+
+    fn meter(&mut self, rules: &ValidationRules, now: DateTime<Utc>) -> Option<Reading> {
+        let meter_id = self.device_id("meterId");
+        let kwh_consumed_ac = self.energy("kwhConsumedAc");
+        let voltage = self.number_in("voltage", 0.0, 2000.0);
+        let recorded_at = self.reading_timestamp(rules, now);
+        Some(Reading::Meter(MeterReading {
+            meter_id: meter_id?,
+            recorded_at: recorded_at?,
+            kwh_consumed_ac: kwh_consumed_ac?,
+            voltage: voltage?,
+        }))
+    }
+
+    fn assignment(&mut self, rules: &ValidationRules, now: DateTime<Utc>) -> Option<Reading> {
+        let vehicle_id = self.device_id("vehicleId");
+        let meter_id = self.nullable_device_id("meterId");
+        let starts_at = self.timestamp(rules, now);
+        Some(Reading::Assignment(Assignment {
+            vehicle_id: vehicle_id?,
+            meter_id: meter_id?,
+            starts_at: starts_at?,
+        }))
+    }
+
     fn required(&mut self, field: &str) -> Option<&'a Value> {
         let value = self.object.get(field);
         if value.is_none() {
@@ -290,19 +296,12 @@ impl<'a> Fields<'a> {
         now: DateTime<Utc>,
     ) -> Option<EventTime> {
         let at = self.timestamp(rules, now)?;
-        match rules.retention_cutoff(now) {
-            Some(cutoff) if at.instant() < cutoff => {
-                self.errors.push(FieldError::new(
-                    "timestamp",
-                    format!(
-                        "is older than the {}-day retention (before {})",
-                        rules.retention_days.unwrap_or_default(),
-                        format_timestamp(cutoff)
-                    ),
-                ));
+        match rules.check_retention(at, now) {
+            Err(error) => {
+                self.errors.push(error);
                 None
             }
-            _ => Some(at),
+            Ok(()) => Some(at),
         }
     }
 

@@ -9,11 +9,15 @@
 //! - [`openapi`]: operations, examples and schemas of an OpenAPI description;
 //! - [`oracle`]: analytics computed in plain SQL over raw history;
 //! - [`process`]: the built binaries as child processes, killed on drop;
+//! - [`services`]: the three services as child processes on one database
+//!   and topic ([`services::Wiring`]), started and awaited until ready;
+//! - [`in_process`]: one service inside the test's process, on port 0;
 //! - [`fixture_path`]: data files kept in `test-support/fixtures/`.
 
 pub mod browser;
 pub mod fleet;
 pub mod http;
+pub mod in_process;
 pub mod kafka;
 pub mod openapi;
 pub mod oracle;

@@ -24,7 +24,7 @@ fn admin_url() -> String {
 /// create; tests with older data call [`ensure_partitions`]).
 pub async fn fresh_database() -> TestDatabase {
     let database = fresh_unmigrated_database().await;
-    shared::db::migrate(&database.pool)
+    service_kit::db::migrate(&database.pool)
         .await
         .expect("migrations apply");
     let today = chrono::Utc::now().date_naive();
@@ -37,25 +37,15 @@ pub async fn fresh_database() -> TestDatabase {
     database
 }
 
-/// Creates the day partitions of the history tables and the month
-/// partitions of the rollups covering `first..=last` (and the day after, for
-/// rollups of the last hour).
+/// Creates the partitions of every partitioned table (the schema's list,
+/// `energy_partitioned_tables`) that hold readings of `first..=last`.
 pub async fn ensure_partitions(pool: &PgPool, first: chrono::NaiveDate, last: chrono::NaiveDate) {
-    for (table, monthly, last) in [
-        ("vehicle_readings", false, last),
-        ("meter_readings", false, last),
-        ("vehicle_hourly", true, last + chrono::Days::new(1)),
-        ("meter_hourly", true, last + chrono::Days::new(1)),
-    ] {
-        sqlx::query("SELECT energy_ensure_partitions($1, $2, $3, $4)")
-            .bind(table)
-            .bind(first)
-            .bind(last)
-            .bind(monthly)
-            .execute(pool)
-            .await
-            .expect("create partitions");
-    }
+    sqlx::query("SELECT energy_ensure_partitions(parent, $1, $2) FROM energy_partitioned_tables")
+        .bind(first)
+        .bind(last)
+        .execute(pool)
+        .await
+        .expect("create partitions");
 }
 
 /// A new empty database with no schema at all.

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use service_kit::http::LISTENING_ON;
+
 /// Path of a binary built in the same target directory as the running
 /// executable: a test (`target/<profile>/deps/<test>`) or a binary such as
 /// the benchmark harness (`target/<profile>/<bin>`). `cargo test --workspace`
@@ -26,7 +28,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port that was free a moment ago (the OS may reuse it, rarely).
+/// A port that was free a moment ago, for servers that cannot bind port 0
+/// and report it (PostgreSQL). Our own services bind port 0 and say where
+/// they listen ([`Service::listening_url`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -35,11 +39,13 @@ pub fn free_port() -> u16 {
 }
 
 /// A running child process, killed (SIGKILL) when dropped. Its stderr (the
-/// logs) is echoed to the test's stderr and kept for [`Service::wait_for_log`].
+/// logs) is echoed to the test's stderr and kept for [`Service::wait_for_log`];
+/// its stdout is watched for the address it announces it listens on.
 pub struct Service {
     pub name: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    listening: Arc<Mutex<Option<String>>>,
 }
 
 impl Service {
@@ -54,6 +60,7 @@ impl Service {
             )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
@@ -70,10 +77,42 @@ impl Service {
                 lines.lock().expect("log lock").push(line);
             }
         });
+        let listening = Arc::new(Mutex::new(None));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (url, prefix) = (listening.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[{prefix} stdout] {line}");
+                if let Some((_, address)) = line.split_once(LISTENING_ON) {
+                    *url.lock().expect("url lock") = Some(format!("http://{}", address.trim()));
+                }
+            }
+        });
         Self {
             name: name.to_owned(),
             child,
             log,
+            listening,
+        }
+    }
+
+    /// The URL the service announced it listens on (it binds port 0 and
+    /// prints `... listening on http://ADDRESS`); waits up to `timeout`.
+    pub fn listening_url(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(url) = self.listening.lock().expect("url lock").clone() {
+                return url;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) before listening", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not announce its address within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

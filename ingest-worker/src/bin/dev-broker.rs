@@ -27,7 +27,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    service_kit::telemetry::init();
     let cli = Cli::parse();
     // MockCluster is not Send: it lives on this thread for the process' life.
     let cluster = MockCluster::new(cli.brokers).context("cannot start the mock cluster")?;
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(shared::shutdown::signal());
+    runtime.block_on(service_kit::shutdown::signal());
     drop(cluster);
     Ok(())
 }

@@ -4,13 +4,11 @@
 //! Each test binary uses part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use clap::Parser;
 use query_api::QueryArgs;
 use serde_json::Value;
+use test_support::in_process::InProcess;
 use test_support::postgres::TestDatabase;
-use tokio::sync::oneshot;
 
 /// The settings a deployment would give it, pointed at `db`, without API keys.
 pub fn args(db: &TestDatabase) -> QueryArgs {
@@ -33,30 +31,22 @@ pub fn args_with(db: &TestDatabase, extra: &[&str]) -> QueryArgs {
 
 pub struct Api {
     pub url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: InProcess,
 }
 
 impl Api {
-    /// Starts the service without API keys and waits until it answers.
+    /// Starts the service without API keys and waits until it is ready.
     pub async fn start(db: &TestDatabase) -> Self {
         Self::start_with(args(db)).await
     }
 
-    /// Starts the service with `args` and waits until it answers.
+    /// Starts the service with `args` and waits until it is ready.
     pub async fn start_with(args: QueryArgs) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(query_api::serve(args, listener, async {
-            let _ = stopped.await;
-        }));
-        test_support::process::wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(10))
-            .await;
+        let service =
+            InProcess::start(|listener, shutdown| query_api::serve(args, listener, shutdown)).await;
         Self {
-            url,
-            stop: Some(stop),
-            task,
+            url: service.url.clone(),
+            service,
         }
     }
 
@@ -78,8 +68,7 @@ impl Api {
     }
 
     /// Shuts the service down gracefully and checks it ended cleanly.
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+    pub async fn stop(self) {
+        self.service.stop().await;
     }
 }

@@ -1,0 +1,420 @@
+//! The consume loop: collect messages into a batch until it is full or old
+//! enough, flush it (the database transaction, dead letters, then the
+//! offsets) while the next batch fills, and retry failures without ever
+//! advancing past something that is not durable.
+
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use service_kit::retry::Backoff;
+use shared::wire::ValidationRules;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Batch;
+use crate::dead_letter::{DeadLetterProducer, Reason, Rejected};
+use crate::health::Health;
+use crate::partitions::Partitions;
+use crate::rebalance::WorkerContext;
+use crate::store::{self, BatchOutcome, WriteError};
+
+/// When a batch is flushed.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_messages: usize,
+    pub max_wait: Duration,
+}
+
+/// Everything the loop reads from and writes to.
+pub struct Sink {
+    pub pool: PgPool,
+    pub dead_letters: DeadLetterProducer,
+    pub consumer: StreamConsumer<WorkerContext>,
+    pub topic: String,
+    pub rules: ValidationRules,
+    pub health: Arc<Health>,
+    pub partitions: Arc<Partitions>,
+    pub shutdown: CancellationToken,
+    pub shutdown_grace: Duration,
+    /// Concurrent transactions a batch is written with, each holding the
+    /// messages of a disjoint group of partitions.
+    pub write_concurrency: usize,
+}
+
+/// What retrying needs: when to give up, and where to report failures.
+#[derive(Clone)]
+struct Retrier {
+    shutdown: CancellationToken,
+    grace: Duration,
+    health: Arc<Health>,
+}
+
+/// What writing one group of a batch needs, owned, so that each group is
+/// written from a task of its own: the groups' client-side work (encoding
+/// COPY data, aggregating rollups) then runs on all cores, alongside the
+/// consume loop, instead of taking turns on one.
+#[derive(Clone)]
+struct GroupWriter {
+    pool: PgPool,
+    partitions: Arc<Partitions>,
+    retrier: Retrier,
+}
+
+impl Sink {
+    fn retrier(&self) -> Retrier {
+        Retrier {
+            shutdown: self.shutdown.clone(),
+            grace: self.shutdown_grace,
+            health: self.health.clone(),
+        }
+    }
+
+    fn group_writer(&self) -> GroupWriter {
+        GroupWriter {
+            pool: self.pool.clone(),
+            partitions: self.partitions.clone(),
+            retrier: self.retrier(),
+        }
+    }
+
+    /// Commits the stored offsets synchronously and closes the consumer,
+    /// which leaves the group. Blocking: call from `spawn_blocking`.
+    pub fn close(self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // NoOffset: nothing was stored since the last commit.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "final offset commit failed: the last batch will be re-read and deduplicated")
+            }
+        }
+        drop(self);
+    }
+}
+
+/// Runs until shutdown, then flushes the open batch.
+///
+/// One batch is flushed while the next one fills: reading and decoding
+/// messages overlaps the database transaction instead of waiting for it.
+/// Flushes still happen one at a time and in order, so offsets are stored
+/// in order and at most two batches are held in memory. When the filling
+/// batch is full before the flush is done, consumption pauses until it is.
+pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
+    let mut batch = Batch::default();
+    let mut flush_at: Option<Instant> = None;
+    let mut in_flight: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> = None;
+    loop {
+        let due =
+            batch.len() >= limits.max_messages || flush_at.is_some_and(|at| at <= Instant::now());
+        if in_flight.is_none() && due && !batch.is_empty() {
+            in_flight = Some(Box::pin(flush(sink, std::mem::take(&mut batch))));
+            flush_at = None;
+        }
+        // Only worth waking for when a new flush could start.
+        let wake_at = flush_at.filter(|_| in_flight.is_none());
+        let flushing = async {
+            match in_flight.as_mut() {
+                Some(flush) => flush.await,
+                None => std::future::pending().await,
+            }
+        };
+        let flush_due = async {
+            match wake_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = sink.shutdown.cancelled() => break,
+            flushed = flushing => {
+                in_flight = None;
+                flushed?;
+            }
+            () = flush_due => {}
+            received = sink.consumer.recv(), if batch.len() < limits.max_messages => {
+                // A rebalance inside recv() may have taken partitions away.
+                batch.drop_partitions(&sink.consumer.context().take_revoked());
+                if batch.is_empty() {
+                    flush_at = None;
+                }
+                match received {
+                    Ok(message) => {
+                        batch.add(&message, &sink.rules, Utc::now());
+                        if flush_at.is_none() {
+                            tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
+                            flush_at = Some(Instant::now() + limits.max_wait);
+                        }
+                    }
+                    // Consumer errors are reports, not failures to handle: librdkafka
+                    // reconnects by itself. Keep polling at once: a queue of errors
+                    // from an outage can stand before the rebalance that assigns this
+                    // worker its partitions, and sleeping per error would stall it
+                    // (recv() blocks while nothing is queued, so this cannot spin).
+                    Err(error) => tracing::warn!(%error, "kafka consumer reported an error"),
+                }
+            }
+        }
+    }
+    // The flush in flight has its own shutdown grace (see `retry`).
+    if let Some(flush) = in_flight {
+        flush.await?;
+    }
+    flush(sink, batch).await
+}
+
+/// Makes a batch durable, then stores its offsets: readings in one
+/// transaction (or, when the database refuses some row, in parts around the
+/// refused readings), then every reject in the dead-letter topic, and only
+/// then the offsets. A crash anywhere before the offsets re-reads the batch.
+#[tracing::instrument(skip_all, fields(messages = batch.len(), rejected = batch.rejected.len()))]
+async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
+    // Revocations served by a recv() that then returned no message have not
+    // been applied yet: a timer or shutdown flush must not write them.
+    batch.drop_partitions(&sink.consumer.context().take_revoked());
+    // A reading that passed the retention check when it arrived may have
+    // aged past it since (midnight): its day's partition may be gone.
+    batch.reject_expired(&sink.rules, Utc::now());
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    if let Some(last_day) = batch.last_reading_day() {
+        retry(
+            &sink.retrier(),
+            "partition upkeep",
+            || sink.partitions.ensure_through(&sink.pool, last_day),
+            |_| Decision::Retry,
+        )
+        .await??;
+    }
+    let (batch, outcome) = write_groups(sink, batch).await?;
+    publish_dead_letters(sink, &batch).await?;
+    sink.health.record_success();
+    if let Some(newest) = batch.newest_reading_time() {
+        sink.health.record_stored(newest);
+    }
+    record_batch_metrics(&batch, &outcome, started.elapsed());
+    store_offsets(sink, &batch);
+    tracing::info!(
+        vehicle_rows = outcome.vehicle_rows,
+        meter_rows = outcome.meter_rows,
+        assignment_rows = outcome.assignment_rows,
+        duplicates = outcome.duplicates,
+        dead_lettered = batch.rejected.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+    Ok(())
+}
+
+/// Writes each group of partitions in its own transaction, concurrently:
+/// one PostgreSQL backend works on one core, and the groups share no row.
+/// Readings the database refused come back among the batch's rejects.
+async fn write_groups(sink: &Sink, mut batch: Batch) -> anyhow::Result<(Batch, BatchOutcome)> {
+    let groups = batch.group_by_partition(sink.write_concurrency);
+    let shared = Arc::new(batch);
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|range| {
+            let (writer, batch) = (sink.group_writer(), shared.clone());
+            tokio::spawn(async move { write_isolating_refused(&writer, &batch, range).await })
+        })
+        .collect();
+    let written = futures::future::join_all(tasks).await;
+    let mut batch = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("a batch was still shared after its writes ended"))?;
+    let mut outcome = BatchOutcome::default();
+    for group in written {
+        let (written, refused) = group??;
+        outcome += written;
+        batch.rejected.extend(refused);
+    }
+    Ok((batch, outcome))
+}
+
+/// Publishes the batch's rejects to the dead-letter topic. Every publish
+/// error is retried: skipping would lose the message.
+async fn publish_dead_letters(sink: &Sink, batch: &Batch) -> anyhow::Result<()> {
+    if batch.rejected.is_empty() {
+        return Ok(());
+    }
+    retry(
+        &sink.retrier(),
+        "dead-letter publish",
+        || sink.dead_letters.publish(&batch.rejected),
+        |_| Decision::Retry,
+    )
+    .await??;
+    for rejected in &batch.rejected {
+        tracing::warn!(
+            partition = rejected.partition,
+            offset = rejected.offset,
+            reason = %rejected.reason,
+            "message dead-lettered"
+        );
+    }
+    Ok(())
+}
+
+/// Stores the batch's offsets for the next commit: everything it read is durable.
+fn store_offsets(sink: &Sink, batch: &Batch) {
+    for (&partition, &last_offset) in &batch.last_offsets {
+        // `store_offset` stores last_offset + 1: the next message to read.
+        if let Err(error) = sink
+            .consumer
+            .store_offset(&sink.topic, partition, last_offset)
+        {
+            // Only possible if the partition was lost without a rebalance
+            // callback (session expiry); its new owner re-reads the batch and
+            // the primary keys make that a no-op.
+            tracing::info!(partition, %error, "offset not stored: partition no longer assigned");
+        }
+    }
+}
+
+/// Counts a committed batch: rows per table, duplicates, dead letters by
+/// kind of reason, its duration, and the newest event time now stored.
+fn record_batch_metrics(batch: &Batch, outcome: &BatchOutcome, elapsed: Duration) {
+    metrics::counter!("energy_worker_batches_total").increment(1);
+    metrics::histogram!("energy_worker_batch_duration_seconds").record(elapsed.as_secs_f64());
+    for (table, rows) in [
+        ("vehicle_readings", outcome.vehicle_rows),
+        ("meter_readings", outcome.meter_rows),
+        ("assignments", outcome.assignment_rows),
+    ] {
+        metrics::counter!("energy_worker_rows_written_total", "table" => table).increment(rows);
+    }
+    metrics::counter!("energy_worker_duplicates_total").increment(outcome.duplicates);
+    for rejected in &batch.rejected {
+        metrics::counter!("energy_worker_dead_lettered_total", "reason" => rejected.reason.kind())
+            .increment(1);
+    }
+}
+
+/// Writes the batch's readings in `readings`. When the database refuses a
+/// row (a data error), the range is halved until the refused readings stand alone; the
+/// rest is written and the refused ones come back as rejects. Halves are
+/// written in order, so the first of two duplicates still wins.
+async fn write_isolating_refused(
+    writer: &GroupWriter,
+    batch: &Batch,
+    readings: Range<usize>,
+) -> anyhow::Result<(BatchOutcome, Vec<Rejected>)> {
+    let mut outcome = BatchOutcome::default();
+    let mut refused = Vec::new();
+    // A stack of index ranges; the left half is pushed last so it goes first.
+    let mut pending = vec![readings];
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        let readings = &batch.readings[range.clone()];
+        let write = || async {
+            let result = store::write_batch(&writer.pool, readings).await;
+            if let Err(WriteError::MissingPartition(_)) = &result {
+                // Dropped by hand, or upkeep has not run: recreate, then retry.
+                if let Err(error) = writer
+                    .partitions
+                    .maintain(&writer.pool, Utc::now().date_naive())
+                    .await
+                {
+                    tracing::warn!(%error, "partition upkeep failed");
+                }
+            }
+            result
+        };
+        let attempt = retry(
+            &writer.retrier,
+            "batch write",
+            write,
+            |error: &WriteError| match error {
+                WriteError::Data(_) => Decision::GiveBack,
+                WriteError::Transient(_)
+                | WriteError::MissingPartition(_)
+                | WriteError::Permanent(_) => Decision::Retry,
+            },
+        )
+        .await?;
+        match attempt {
+            Ok(part) => outcome += part,
+            Err(error) if range.len() == 1 => {
+                let reason = Reason::RefusedByDatabase(format!("{:#}", anyhow::Error::from(error)));
+                refused.push(batch.reject_reading(range.start, reason));
+            }
+            Err(_) => {
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
+        }
+    }
+    if !refused.is_empty() {
+        tracing::warn!(
+            refused = refused.len(),
+            "readings refused by the database, isolated for the dead-letter topic"
+        );
+    }
+    Ok((outcome, refused))
+}
+
+/// What to do with a failed attempt.
+enum Decision {
+    /// Back off and try again (the failure may pass, or skipping would lose data).
+    Retry,
+    /// Hand the error back to the caller, who can act on it.
+    GiveBack,
+}
+
+/// Retries `operation` with backoff while `decide` says so. After a shutdown
+/// signal it gives up once the grace period has passed, even in the middle
+/// of an attempt (a hung statement must not keep the process alive): that is
+/// the outer error, and the batch then stays uncommitted and is re-read
+/// later. The inner result is the operation's success or a given-back error.
+async fn retry<T, E, F, Fut>(
+    retrier: &Retrier,
+    what: &'static str,
+    mut operation: F,
+    decide: impl Fn(&E) -> Decision,
+) -> anyhow::Result<Result<T, E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let give_up = async {
+        retrier.shutdown.cancelled().await;
+        tokio::time::sleep(retrier.grace).await;
+    };
+    tokio::pin!(give_up);
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = tokio::select! {
+            result = operation() => result,
+            () = &mut give_up => anyhow::bail!("{what} unfinished at shutdown: the batch stays uncommitted and will be re-read"),
+        };
+        let error = match attempt {
+            Ok(value) => return Ok(Ok(value)),
+            Err(error) => error,
+        };
+        if let Decision::GiveBack = decide(&error) {
+            return Ok(Err(error));
+        }
+        retrier.health.record_failure();
+        metrics::counter!("energy_worker_retries_total", "operation" => what).increment(1);
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        tracing::warn!(error = %chain, "{what} failed, retrying");
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = &mut give_up => anyhow::bail!("{what} still failing at shutdown: the batch stays uncommitted and will be re-read"),
+        }
+    }
+}

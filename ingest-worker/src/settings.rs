@@ -1,0 +1,142 @@
+//! The worker's settings ([`WorkerArgs`], flattened into the binary's clap
+//! struct) and the Kafka consumer they configure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use kafka_kit::KafkaArgs;
+use rdkafka::config::ClientConfig;
+use service_kit::config::{DbArgs, ValidationArgs};
+use service_kit::http::HttpLimits;
+
+use crate::pipeline::BatchLimits;
+
+/// Settings of `ingest-worker`.
+#[derive(Args, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub http: HttpLimits,
+
+    #[command(flatten)]
+    pub validation: ValidationArgs,
+
+    /// Consumer group shared by all workers; run as many workers as the topic has partitions
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "energy-ingest-worker")]
+    pub kafka_group_id: String,
+
+    /// Topic for messages that cannot be decoded or validated (default: <KAFKA_TOPIC>.dlq)
+    #[arg(long, env = "KAFKA_DLQ_TOPIC")]
+    pub kafka_dlq_topic: Option<String>,
+
+    /// Flush a batch once it holds this many messages. Only a backlog fills
+    /// a batch (live traffic is flushed by BATCH_MAX_WAIT_MS first), and in
+    /// a backlog a large batch holds several readings per device: rollup and
+    /// current-state rows are upserted once per device and hour per batch,
+    /// so they shrink per reading. 100,000 drained 1.8× as fast as 10,000
+    /// (BENCHMARKS.md); the price is memory: two batches (one
+    /// writing, one filling) of ~1 KiB per message, ~185 MiB peak in all
+    #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 100_000)]
+    pub batch_max_readings: usize,
+
+    /// Flush a batch once its first message has waited this long. A steady
+    /// 10,000-device fleet sends ~333 readings/s, so 500 ms gives ~170-row
+    /// batches and keeps readings queryable within a second
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500)]
+    pub batch_max_wait_ms: u64,
+
+    /// Concurrent transactions a batch is written with, each holding a
+    /// disjoint group of topic partitions (so no two touch the same device).
+    /// One PostgreSQL backend works on one core: with 2, a backlog drains
+    /// about 1.3× faster on a 2-core server (BENCHMARKS.md). Each takes a
+    /// pooled connection, so keep DB_MAX_CONNECTIONS above it
+    #[arg(long, env = "BATCH_WRITE_CONCURRENCY", default_value_t = 2)]
+    pub batch_write_concurrency: usize,
+
+    /// After a shutdown signal, how long a failing flush keeps retrying
+    /// before the worker exits without committing (the batch is re-read later)
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Address of the worker's health listener (/healthz, /readyz, /metrics);
+    /// the binary binds it and passes the listener to `run`
+    #[arg(long, env = "WORKER_HEALTH_ADDR", default_value = "127.0.0.1:3002")]
+    pub health_addr: SocketAddr,
+
+    /// /readyz reports not-ready once batches have failed to be stored for
+    /// this long (e.g. PostgreSQL down); the worker keeps retrying meanwhile
+    #[arg(long, env = "WORKER_NOT_READY_AFTER_MS", default_value_t = 30_000)]
+    pub not_ready_after_ms: u64,
+
+    /// Consumer group session timeout: how long after a worker dies its
+    /// partitions move to the others. librdkafka sends heartbeats from a
+    /// background thread every third of it, so a busy batch never expires it
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u32,
+
+    /// Days of hourly rollups kept (longer than raw readings: RETENTION_DAYS)
+    #[arg(long, env = "ROLLUP_RETENTION_DAYS", default_value_t = 730)]
+    pub rollup_retention_days: u32,
+}
+
+impl WorkerArgs {
+    pub fn dead_letter_topic(&self) -> String {
+        self.kafka
+            .dead_letter_topic(self.kafka_dlq_topic.as_deref())
+    }
+
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_messages: self.batch_max_readings.max(1),
+            max_wait: Duration::from_millis(self.batch_max_wait_ms),
+        }
+    }
+}
+
+/// The consumer: a member of the group, offsets stored by hand.
+pub fn consumer_config(args: &WorkerArgs) -> ClientConfig {
+    let session_timeout = args.kafka_session_timeout_ms;
+    kafka_kit::client_config(
+        &[
+            ("bootstrap.servers", args.kafka.kafka_brokers.clone()),
+            ("group.id", args.kafka_group_id.clone()),
+            ("auto.offset.reset", "earliest".to_owned()),
+            ("auto.commit.interval.ms", "1000".to_owned()),
+            // Cooperative rebalancing moves only the partitions that change
+            // owner; the others keep flowing while a worker joins or leaves.
+            (
+                "partition.assignment.strategy",
+                "cooperative-sticky".to_owned(),
+            ),
+            ("session.timeout.ms", session_timeout.to_string()),
+            (
+                "heartbeat.interval.ms",
+                (session_timeout / 3).max(100).to_string(),
+            ),
+            // Bound the prefetch queue: memory stays flat whatever the backlog.
+            ("queued.max.messages.kbytes", "32768".to_owned()),
+            ("fetch.max.bytes", "16777216".to_owned()),
+            // When that queue is full (a backlog, the worker busy writing),
+            // librdkafka postpones the partitions' next fetch by this much;
+            // its default of 1 s left the worker idle for most of a second
+            // after each full queue had drained (BENCHMARKS.md).
+            ("fetch.queue.backoff.ms", "20".to_owned()),
+            // Per-partition consumer lag for /metrics (WorkerContext::stats).
+            ("statistics.interval.ms", "5000".to_owned()),
+            ("enable.partition.eof", "false".to_owned()),
+        ],
+        // Offsets are stored by hand after the batch's transaction commits and
+        // the background auto-commit sends only those (Vector's pattern):
+        // the guarantee rests on these two, so no override may change them.
+        &[
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+        ],
+    )
+}

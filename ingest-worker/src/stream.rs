@@ -1,0 +1,331 @@
+//! The history streams, each described once: its tables, its measured
+//! columns, what its hourly rollup keeps, and how a reading gives its
+//! values. COPY encoding ([`crate::copy`]), rollups ([`crate::rollup`]) and
+//! the transaction ([`crate::store`]) are written once against this
+//! description, so adding a measured field is one edit here (and a
+//! migration adding the column).
+//!
+//! Which tables are partitioned, and how, is the schema's own list
+//! (`energy_partitioned_tables`, read by [`crate::partitions`]).
+
+use shared::domain::{DeviceId, EventTime, MeterReading, VehicleReading};
+
+/// How a rollup column folds one field over an hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    Sum,
+    Min,
+    Max,
+}
+
+impl Aggregate {
+    /// The value of an hour with no reading yet.
+    pub fn identity(self) -> f64 {
+        match self {
+            Aggregate::Sum => 0.0,
+            Aggregate::Min => f64::INFINITY,
+            Aggregate::Max => f64::NEG_INFINITY,
+        }
+    }
+
+    /// Folds `value` into `into`.
+    pub fn fold(self, into: f64, value: f64) -> f64 {
+        match self {
+            Aggregate::Sum => into + value,
+            Aggregate::Min => into.min(value),
+            Aggregate::Max => into.max(value),
+        }
+    }
+
+    /// The SQL aggregate function over a group.
+    pub fn sql_function(self) -> &'static str {
+        match self {
+            Aggregate::Sum => "sum",
+            Aggregate::Min => "min",
+            Aggregate::Max => "max",
+        }
+    }
+
+    /// How a stored hour `h.column` and a batch's `EXCLUDED.column` merge.
+    fn sql_merge(self, column: &str) -> String {
+        match self {
+            Aggregate::Sum => format!("{column} = h.{column} + EXCLUDED.{column}"),
+            Aggregate::Min => format!("{column} = LEAST(h.{column}, EXCLUDED.{column})"),
+            Aggregate::Max => format!("{column} = GREATEST(h.{column}, EXCLUDED.{column})"),
+        }
+    }
+}
+
+/// One column of a stream's hourly rollup besides the reading count.
+#[derive(Debug)]
+pub struct RollupColumn {
+    pub column: &'static str,
+    /// Index into [`Stream::fields`] of the field it folds.
+    pub field: usize,
+    pub aggregate: Aggregate,
+}
+
+/// One history stream.
+#[derive(Debug)]
+pub struct Stream {
+    /// History, day-partitioned, keyed (device, recorded_at).
+    pub history: &'static str,
+    /// Hourly rollups, month-partitioned, keyed (device, hour_end).
+    pub hourly: &'static str,
+    /// Current state: one row per device, its newest reading.
+    pub current: &'static str,
+    /// The device id column of all three.
+    pub device: &'static str,
+    /// The measured columns (float8), after the device and `recorded_at`, in
+    /// history and current state alike.
+    pub fields: &'static [&'static str],
+    /// The rollup's columns after `readings`.
+    pub rollups: &'static [RollupColumn],
+}
+
+pub const VEHICLES: Stream = Stream {
+    history: "vehicle_readings",
+    hourly: "vehicle_hourly",
+    current: "vehicles_current",
+    device: "vehicle_id",
+    fields: &["soc", "kwh_delivered_dc", "battery_temp"],
+    rollups: &[
+        RollupColumn {
+            column: "sum_dc",
+            field: 1,
+            aggregate: Aggregate::Sum,
+        },
+        RollupColumn {
+            column: "sum_battery_temp",
+            field: 2,
+            aggregate: Aggregate::Sum,
+        },
+    ],
+};
+
+pub const METERS: Stream = Stream {
+    history: "meter_readings",
+    hourly: "meter_hourly",
+    current: "meters_current",
+    device: "meter_id",
+    fields: &["kwh_consumed_ac", "voltage"],
+    rollups: &[
+        RollupColumn {
+            column: "sum_ac",
+            field: 0,
+            aggregate: Aggregate::Sum,
+        },
+        RollupColumn {
+            column: "min_ac",
+            field: 0,
+            aggregate: Aggregate::Min,
+        },
+        RollupColumn {
+            column: "max_ac",
+            field: 0,
+            aggregate: Aggregate::Max,
+        },
+        RollupColumn {
+            column: "sum_voltage",
+            field: 1,
+            aggregate: Aggregate::Sum,
+        },
+        RollupColumn {
+            column: "min_voltage",
+            field: 1,
+            aggregate: Aggregate::Min,
+        },
+        RollupColumn {
+            column: "max_voltage",
+            field: 1,
+            aggregate: Aggregate::Max,
+        },
+    ],
+};
+
+/// A reading of a history stream.
+pub trait StreamReading: Sync {
+    const STREAM: &'static Stream;
+
+    fn device(&self) -> &DeviceId;
+    fn recorded_at(&self) -> EventTime;
+    /// The value of `STREAM.fields[index]`.
+    fn field(&self, index: usize) -> f64;
+}
+
+impl StreamReading for VehicleReading {
+    const STREAM: &'static Stream = &VEHICLES;
+
+    fn device(&self) -> &DeviceId {
+        &self.vehicle_id
+    }
+
+    fn recorded_at(&self) -> EventTime {
+        self.recorded_at
+    }
+
+    fn field(&self, index: usize) -> f64 {
+        [self.soc, self.kwh_delivered_dc, self.battery_temp][index]
+    }
+}
+
+impl StreamReading for MeterReading {
+    const STREAM: &'static Stream = &METERS;
+
+    fn device(&self) -> &DeviceId {
+        &self.meter_id
+    }
+
+    fn recorded_at(&self) -> EventTime {
+        self.recorded_at
+    }
+
+    fn field(&self, index: usize) -> f64 {
+        [self.kwh_consumed_ac, self.voltage][index]
+    }
+}
+
+/// `$first::float8[], $first+1::float8[], …`: `n` array parameters.
+fn float8_arrays(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}::float8[]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Stream {
+    /// The history columns in COPY order: device, `recorded_at`, fields.
+    pub fn history_columns(&self) -> String {
+        let mut columns = vec![self.device, "recorded_at"];
+        columns.extend(self.fields);
+        columns.join(", ")
+    }
+
+    /// `COPY table (columns) FROM STDIN (FORMAT binary)` into `table`
+    /// (the history table or a staging copy of it).
+    pub fn copy_statement(&self, table: &str) -> String {
+        format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            self.history_columns()
+        )
+    }
+
+    fn rollup_columns(&self) -> String {
+        let mut columns = vec![self.device, "hour_end", "readings"];
+        columns.extend(self.rollups.iter().map(|r| r.column));
+        columns.join(", ")
+    }
+
+    /// `ON CONFLICT` clause adding a batch's hour to what is stored.
+    fn rollup_merge(&self) -> String {
+        let mut sets = vec!["readings = h.readings + EXCLUDED.readings".to_owned()];
+        sets.extend(self.rollups.iter().map(|r| r.aggregate.sql_merge(r.column)));
+        format!(
+            "ON CONFLICT ({}, hour_end) DO UPDATE SET {}",
+            self.device,
+            sets.join(", ")
+        )
+    }
+
+    /// Adds hours aggregated in Rust: `$1` devices, `$2` hour ends, `$3`
+    /// counts, then one float8 array per rollup column.
+    pub fn hourly_upsert(&self) -> String {
+        format!(
+            "INSERT INTO {} AS h ({}) SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], {}) {}",
+            self.hourly,
+            self.rollup_columns(),
+            float8_arrays(4, self.rollups.len()),
+            self.rollup_merge()
+        )
+    }
+
+    /// Inserts the rows of `staging` that are not stored yet and rolls up
+    /// exactly those (so a duplicate never counts twice); returns how many
+    /// it inserted.
+    pub fn staged_insert(&self, staging: &str) -> String {
+        let columns = self.history_columns();
+        let aggregates: Vec<String> = self
+            .rollups
+            .iter()
+            .map(|r| format!("{}({})", r.aggregate.sql_function(), self.fields[r.field]))
+            .collect();
+        format!(
+            "WITH inserted AS (
+                 INSERT INTO {history} ({columns}) SELECT {columns} FROM {staging}
+                 ON CONFLICT DO NOTHING
+                 RETURNING {columns}
+             ), rolled AS (
+                 INSERT INTO {hourly} AS h ({rollup_columns})
+                 SELECT {device}, energy_hour_end(recorded_at), count(*), {aggregates}
+                 FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+                 {merge}
+             )
+             SELECT count(*) FROM inserted",
+            history = self.history,
+            hourly = self.hourly,
+            device = self.device,
+            rollup_columns = self.rollup_columns(),
+            aggregates = aggregates.join(", "),
+            merge = self.rollup_merge(),
+        )
+    }
+
+    /// Upserts the newest reading per device: `$1` devices, `$2` event
+    /// times, then one float8 array per field. The `WHERE` clause makes
+    /// current state move forward in event time only: an older or equally
+    /// old reading never replaces the stored one.
+    pub fn current_upsert(&self) -> String {
+        let sets: Vec<String> = self
+            .fields
+            .iter()
+            .map(|field| format!("{field} = EXCLUDED.{field}"))
+            .collect();
+        format!(
+            "INSERT INTO {current} ({columns})
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], {arrays})
+             ON CONFLICT ({device}) DO UPDATE SET
+                 recorded_at = EXCLUDED.recorded_at, {sets}, updated_at = now()
+             WHERE {current}.recorded_at < EXCLUDED.recorded_at",
+            current = self.current,
+            columns = self.history_columns(),
+            arrays = float8_arrays(3, self.fields.len()),
+            device = self.device,
+            sets = sets.join(", "),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rollup_folds_a_field_of_its_stream() {
+        for stream in [&VEHICLES, &METERS] {
+            for rollup in stream.rollups {
+                assert!(rollup.field < stream.fields.len(), "{}", rollup.column);
+            }
+        }
+    }
+
+    #[test]
+    fn the_generated_statements_name_every_column() {
+        assert_eq!(
+            METERS.copy_statement("meter_readings"),
+            "COPY meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage) FROM STDIN (FORMAT binary)"
+        );
+        assert_eq!(
+            VEHICLES.hourly_upsert(),
+            "INSERT INTO vehicle_hourly AS h (vehicle_id, hour_end, readings, sum_dc, sum_battery_temp) \
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::float8[], $5::float8[]) \
+             ON CONFLICT (vehicle_id, hour_end) DO UPDATE SET readings = h.readings + EXCLUDED.readings, \
+             sum_dc = h.sum_dc + EXCLUDED.sum_dc, sum_battery_temp = h.sum_battery_temp + EXCLUDED.sum_battery_temp"
+        );
+        let staged = METERS.staged_insert("meter_readings_staging");
+        assert!(staged.contains(
+            "SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac), \
+             min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)"
+        ));
+        assert!(staged.contains("max_voltage = GREATEST(h.max_voltage, EXCLUDED.max_voltage)"));
+    }
+}

@@ -1,0 +1,144 @@
+-- One list of the partitioned tables, read by the partition functions, the
+-- worker's upkeep and the tests, instead of a list in each of them.
+--
+--   granularity  'day' (history: a partition per UTC day of recorded_at) or
+--                'month' (rollups: a partition per UTC month of hour_end);
+--   retention    'readings' (RETENTION_DAYS) or 'rollups' (ROLLUP_RETENTION_DAYS);
+--   keyed_by_hour_end  the partition key is a rollup hour's end: a reading
+--                late on day D lands in the hour ending at D+1 00:00, so the
+--                rows of readings of days first..last need partitions
+--                through last + 1.
+CREATE TABLE energy_partitioned_tables (
+    parent            text    PRIMARY KEY,
+    granularity       text    NOT NULL CHECK (granularity IN ('day', 'month')),
+    retention         text    NOT NULL CHECK (retention IN ('readings', 'rollups')),
+    keyed_by_hour_end boolean NOT NULL
+);
+
+INSERT INTO energy_partitioned_tables (parent, granularity, retention, keyed_by_hour_end) VALUES
+    ('vehicle_readings', 'day', 'readings', false),
+    ('meter_readings', 'day', 'readings', false),
+    ('vehicle_hourly', 'month', 'rollups', true),
+    ('meter_hourly', 'month', 'rollups', true);
+
+-- The list is the partition functions' allow-list: the writer reads it and
+-- cannot extend it (the default privileges of the roles migration would
+-- otherwise let it write here).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'energy_writer') THEN
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON energy_partitioned_tables FROM energy_writer;
+        GRANT SELECT ON energy_partitioned_tables TO energy_writer;
+    END IF;
+END $$;
+
+DROP FUNCTION energy_ensure_partitions(text, date, date, boolean);
+DROP FUNCTION energy_drop_partitions_before(text, date, boolean);
+
+-- The list's row for `parent`; refuses (42501) a table that is not on it.
+CREATE FUNCTION energy_partition_spec(parent text) RETURNS energy_partitioned_tables
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
+DECLARE
+    spec public.energy_partitioned_tables%ROWTYPE;
+BEGIN
+    SELECT * INTO spec FROM public.energy_partitioned_tables t WHERE t.parent = energy_partition_spec.parent;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is not a partitioned table of this schema', parent
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN spec;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION energy_partition_spec(text) FROM PUBLIC;
+
+-- Creates the missing partitions of `parent` that hold the rows of readings
+-- taken on first_day..last_day (days, or the months holding them). Safe to
+-- run concurrently from several workers. Returns how many it created.
+CREATE FUNCTION energy_ensure_partitions(parent text, first_day date, last_day date)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    spec public.energy_partitioned_tables%ROWTYPE;
+    lo date;
+    hi date;
+    child text;
+    created integer := 0;
+BEGIN
+    spec := public.energy_partition_spec(parent);
+    IF last_day - first_day > 4000 THEN
+        RAISE EXCEPTION 'energy_ensure_partitions: % days at once is more than 4000', last_day - first_day
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    IF spec.keyed_by_hour_end THEN
+        last_day := last_day + 1;
+    END IF;
+    lo := CASE WHEN spec.granularity = 'month'
+               THEN pg_catalog.date_trunc('month', first_day::timestamp)::date ELSE first_day END;
+    WHILE lo <= last_day LOOP
+        IF spec.granularity = 'month' THEN
+            hi := (lo + interval '1 month')::date;
+            child := parent || '_p' || pg_catalog.to_char(lo::timestamp, 'YYYYMM');
+        ELSE
+            hi := lo + 1;
+            child := parent || '_p' || pg_catalog.to_char(lo::timestamp, 'YYYYMMDD');
+        END IF;
+        IF pg_catalog.to_regclass(pg_catalog.quote_ident(child)) IS NULL THEN
+            BEGIN
+                EXECUTE pg_catalog.format(
+                    'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                    child, parent, lo::timestamp AT TIME ZONE 'UTC', hi::timestamp AT TIME ZONE 'UTC');
+                created := created + 1;
+            EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
+                NULL; -- another worker created it meanwhile
+            END;
+        END IF;
+        lo := hi;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+-- Drops the partitions of `parent` that end on or before `cutoff`: whole
+-- days (or months) older than the retention. Returns how many it dropped.
+CREATE FUNCTION energy_drop_partitions_before(parent text, cutoff date)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    spec public.energy_partitioned_tables%ROWTYPE;
+    child text;
+    suffix text;
+    partition_end date;
+    dropped integer := 0;
+BEGIN
+    spec := public.energy_partition_spec(parent);
+    FOR child IN
+        SELECT c.relname FROM pg_catalog.pg_inherits i
+        JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+        JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+        WHERE p.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(parent))
+    LOOP
+        suffix := pg_catalog.substr(child, pg_catalog.length(parent) + 3);
+        IF spec.granularity = 'month' AND suffix ~ '^\d{6}$' THEN
+            partition_end := (pg_catalog.to_date(suffix, 'YYYYMM') + interval '1 month')::date;
+        ELSIF spec.granularity = 'day' AND suffix ~ '^\d{8}$' THEN
+            partition_end := pg_catalog.to_date(suffix, 'YYYYMMDD') + 1;
+        ELSE
+            CONTINUE; -- not one of ours
+        END IF;
+        IF partition_end <= cutoff THEN
+            EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %I', child); -- another worker may drop it first
+            dropped := dropped + 1;
+        END IF;
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION energy_ensure_partitions(text, date, date) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION energy_drop_partitions_before(text, date) FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'energy_writer') THEN
+        GRANT EXECUTE ON FUNCTION energy_ensure_partitions(text, date, date) TO energy_writer;
+        GRANT EXECUTE ON FUNCTION energy_drop_partitions_before(text, date) TO energy_writer;
+    END IF;
+END $$;
