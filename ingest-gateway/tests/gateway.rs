@@ -330,22 +330,7 @@ async fn malformed_oversized_and_mistyped_bodies_get_clear_errors() {
         (status, body["error"].as_str().unwrap()),
         (413, "the request body is larger than 2000 bytes")
     );
-    let response = reqwest::get(format!("{}/v1/ingest", gateway.url))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 405);
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"error": "method not allowed"})
-    );
-    let response = reqwest::get(format!("{}/nowhere", gateway.url))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"error": "no such route"})
-    );
+    test_support::http::assert_fallbacks(&gateway.url, reqwest::Method::GET, "/v1/ingest").await;
     assert!(payloads(&kafka.bootstrap(), 1).is_empty());
     gateway.stop().await;
 }

@@ -292,16 +292,7 @@ async fn errors_are_json_with_the_right_status() {
             "{path}: {body}"
         );
     }
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/vehicles/V-1", api.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 405);
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"error": "method not allowed"})
-    );
+    test_support::http::assert_fallbacks(&api.url, reqwest::Method::POST, "/v1/vehicles/V-1").await;
     // A window that reaches back 30 hours finds it.
     let from = format_timestamp(Utc::now() - TimeDelta::hours(31));
     let (status, _) = api

@@ -80,3 +80,28 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
         .await
         .expect("a JSON body")
 }
+
+/// Asserts the shell's answers for a wrong method on `method_path` (405)
+/// and for a path no route serves (404), each with its JSON error.
+pub async fn assert_fallbacks(base_url: &str, wrong_method: reqwest::Method, method_path: &str) {
+    let client = reqwest::Client::new();
+    for (request, status, error) in [
+        (
+            client.request(wrong_method, format!("{base_url}{method_path}")),
+            405,
+            "method not allowed",
+        ),
+        (
+            client.get(format!("{base_url}/nowhere")),
+            404,
+            "no such route",
+        ),
+    ] {
+        let response = request.send().await.expect("service reachable");
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(
+            response.json::<Value>().await.expect("a JSON body"),
+            serde_json::json!({ "error": error })
+        );
+    }
+}
