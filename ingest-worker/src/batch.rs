@@ -8,7 +8,7 @@ use std::ops::Range;
 use chrono::{DateTime, NaiveDate, Utc};
 use rdkafka::message::{BorrowedMessage, Message};
 use shared::domain::Reading;
-use shared::wire::{decode_message, MessageError, ValidationRules};
+use shared::wire::{decode_message, MessageError, ValidationRules, MAX_READING_BYTES};
 
 use crate::dead_letter::{Reason, Rejected};
 
@@ -49,6 +49,8 @@ pub struct Batch {
     /// instead of two allocations per message.
     raw: Vec<u8>,
     pub rejected: Vec<Rejected>,
+    /// Bytes the rejects hold (their keys and payload heads).
+    rejected_bytes: usize,
     /// Highest offset consumed per partition of the readings topic.
     pub last_offsets: BTreeMap<i32, i64>,
 }
@@ -63,6 +65,12 @@ impl Batch {
         self.len() == 0
     }
 
+    /// Bytes of message data the batch holds (keys and payloads of its
+    /// readings, what its rejects keep): what `BATCH_MAX_BYTES` bounds.
+    pub fn bytes(&self) -> usize {
+        self.raw.len() + self.rejected_bytes
+    }
+
     /// Decodes and validates a message and files it as a reading or a reject.
     pub fn add(
         &mut self,
@@ -73,6 +81,10 @@ impl Batch {
         let reference = future_check_reference(message, rules, now);
         let decoded = match message.payload() {
             None | Some([]) => Err(Reason::Empty),
+            // Refused unread: parsing a huge payload is what it would cost.
+            Some(payload) if payload.len() > MAX_READING_BYTES => Err(Reason::TooLarge {
+                bytes: payload.len(),
+            }),
             Some(payload) => decode_message(payload, rules, reference).map_err(Reason::Message),
         };
         match decoded {
@@ -87,13 +99,16 @@ impl Batch {
                     payload,
                 });
             }
-            Err(reason) => self.rejected.push(Rejected {
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().unwrap_or_default().to_vec(),
-                partition: message.partition(),
-                offset: message.offset(),
-                reason,
-            }),
+            Err(reason) => {
+                let rejected = Rejected::new(
+                    message.key(),
+                    message.payload().unwrap_or_default(),
+                    (message.partition(), message.offset()),
+                    reason,
+                );
+                self.rejected_bytes += rejected.held_bytes();
+                self.rejected.push(rejected);
+            }
         }
         let last = self
             .last_offsets
@@ -129,13 +144,12 @@ impl Batch {
     /// The original message of `readings[index]`, as a reject with `reason`.
     pub fn reject_reading(&self, index: usize, reason: Reason) -> Rejected {
         let origin = &self.origins[index];
-        Rejected {
-            key: origin.key.clone().map(|range| self.raw[range].to_vec()),
-            payload: self.raw[origin.payload.clone()].to_vec(),
-            partition: origin.partition,
-            offset: origin.offset,
+        Rejected::new(
+            origin.key.clone().map(|range| &self.raw[range]),
+            &self.raw[origin.payload.clone()],
+            (origin.partition, origin.offset),
             reason,
-        }
+        )
     }
 
     /// Moves readings older than the retention cutoff at `now` to the rejects,
@@ -162,6 +176,7 @@ impl Batch {
         for (index, reason) in expired {
             keep[index] = false;
             let rejected = self.reject_reading(index, reason);
+            self.rejected_bytes += rejected.held_bytes();
             self.rejected.push(rejected);
         }
         self.retain_readings(&keep);
@@ -181,6 +196,7 @@ impl Batch {
         self.retain_readings(&keep);
         self.rejected
             .retain(|rejected| !partitions.contains(&rejected.partition));
+        self.rejected_bytes = self.rejected.iter().map(Rejected::held_bytes).sum();
         self.last_offsets
             .retain(|partition, _| !partitions.contains(partition));
     }

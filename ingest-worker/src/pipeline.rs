@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,16 @@ use crate::store::{self, BatchOutcome, WriteError};
 #[derive(Clone, Copy, Debug)]
 pub struct BatchLimits {
     pub max_messages: usize,
+    /// Bytes of message data ([`Batch::bytes`]): with `max_messages`, what
+    /// bounds a batch's memory whatever its messages' sizes.
+    pub max_bytes: usize,
     pub max_wait: Duration,
+}
+
+impl BatchLimits {
+    fn is_full(&self, batch: &Batch) -> bool {
+        batch.len() >= self.max_messages || batch.bytes() >= self.max_bytes
+    }
 }
 
 /// Everything the loop reads from and writes to.
@@ -112,8 +122,7 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
     let mut flush_at: Option<Instant> = None;
     let mut in_flight: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>>> = None;
     loop {
-        let due =
-            batch.len() >= limits.max_messages || flush_at.is_some_and(|at| at <= Instant::now());
+        let due = limits.is_full(&batch) || flush_at.is_some_and(|at| at <= Instant::now());
         if in_flight.is_none() && due && !batch.is_empty() {
             in_flight = Some(Box::pin(flush(sink, std::mem::take(&mut batch))));
             flush_at = None;
@@ -140,7 +149,7 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                 flushed?;
             }
             () = flush_due => {}
-            received = sink.consumer.recv(), if batch.len() < limits.max_messages => {
+            received = sink.consumer.recv(), if !limits.is_full(&batch) => {
                 // A rebalance inside recv() may have taken partitions away.
                 batch.drop_partitions(&sink.consumer.context().take_revoked());
                 if batch.is_empty() {
@@ -242,15 +251,22 @@ async fn write_groups(sink: &Sink, mut batch: Batch) -> anyhow::Result<(Batch, B
 }
 
 /// Publishes the batch's rejects to the dead-letter topic. Every publish
-/// error is retried: skipping would lose the message.
+/// error is retried, and a retry sends only what Kafka has not
+/// acknowledged yet: a reject is never skipped, and however many there are,
+/// they get through the producer's bounded queue.
 async fn publish_dead_letters(sink: &Sink, batch: &Batch) -> anyhow::Result<()> {
     if batch.rejected.is_empty() {
         return Ok(());
     }
+    let delivered: Vec<AtomicBool> = batch
+        .rejected
+        .iter()
+        .map(|_| AtomicBool::default())
+        .collect();
     retry(
         &sink.retrier(),
         "dead-letter publish",
-        || sink.dead_letters.publish(&batch.rejected),
+        || sink.dead_letters.publish(&batch.rejected, &delivered),
         |_| Decision::Retry,
     )
     .await??;

@@ -40,10 +40,18 @@ pub struct WorkerArgs {
     /// a backlog a large batch holds several readings per device: rollup and
     /// current-state rows are upserted once per device and hour per batch,
     /// so they shrink per reading. 100,000 drained 1.8× as fast as 10,000
-    /// (BENCHMARKS.md); the price is memory: two batches (one
-    /// writing, one filling) of ~1 KiB per message, ~185 MiB peak in all
+    /// (BENCHMARKS.md); the price is memory: two batches (one writing, one
+    /// filling), each held to BATCH_MAX_BYTES of message data besides
     #[arg(long, env = "BATCH_MAX_READINGS", default_value_t = 100_000)]
     pub batch_max_readings: usize,
+
+    /// Flush a batch once its messages' keys and payloads total this many
+    /// bytes, whatever their number: with BATCH_MAX_READINGS this bounds a
+    /// batch's memory (ARCHITECTURE.md, "Memory is bounded"). 100,000
+    /// canonical readings take about 23 MiB, so the default never cuts a
+    /// batch of ordinary readings short
+    #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
 
     /// Flush a batch once its first message has waited this long. A steady
     /// 10,000-device fleet sends ~333 readings/s, so 500 ms gives ~170-row
@@ -94,6 +102,7 @@ impl WorkerArgs {
     pub fn batch_limits(&self) -> BatchLimits {
         BatchLimits {
             max_messages: self.batch_max_readings.max(1),
+            max_bytes: self.batch_max_bytes.max(1),
             max_wait: Duration::from_millis(self.batch_max_wait_ms),
         }
     }

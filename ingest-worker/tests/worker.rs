@@ -18,7 +18,7 @@ use test_support::kafka::{
     committed_offsets, end_offsets, header, produce_all, producer, read_topic, MockKafka,
 };
 use test_support::postgres::{fresh_database, fresh_unmigrated_database, TestDatabase};
-use test_support::readings::{key_of, meter, vehicle};
+use test_support::readings::{message, meter, vehicle};
 
 use test_support::services::TOPIC;
 const DLQ: &str = "energy.readings.dlq";
@@ -69,13 +69,6 @@ fn base_time() -> DateTime<Utc> {
         - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()))
 }
 
-fn keyed(value: &Value) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-    (
-        Some(key_of(value).into_bytes()),
-        Some(value.to_string().into_bytes()),
-    )
-}
-
 async fn rows(db: &TestDatabase, table: &str) -> i64 {
     db.count(&format!("SELECT count(*) FROM {table}")).await
 }
@@ -101,8 +94,8 @@ async fn rows_equal_readings_with_duplicates_out_of_order_and_poison_messages() 
                 20.0,
             );
             *expected_dc.entry(format!("V-{device}")).or_default() += kwh;
-            messages.push(keyed(&v));
-            messages.push(keyed(&meter(
+            messages.push(message(&v));
+            messages.push(message(&meter(
                 &format!("M-{device}"),
                 t0 + TimeDelta::minutes(minute.into()),
                 kwh * 2.0,
@@ -238,7 +231,7 @@ async fn offsets_are_committed_only_after_the_rows_are_in_postgres() {
     let producer = producer(&kafka.bootstrap());
     let batch = |from: i64, n: i64| -> Vec<_> {
         (from..from + n)
-            .map(|i| keyed(&vehicle("V-1", t0 + TimeDelta::minutes(i), 50.0, 1.0, 20.0)))
+            .map(|i| message(&vehicle("V-1", t0 + TimeDelta::minutes(i), 50.0, 1.0, 20.0)))
             .collect()
     };
     let committed = || committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, 1)[&0];
@@ -290,7 +283,7 @@ async fn lost_database_connections_are_retried_and_nothing_is_lost_or_doubled() 
     let t0 = base_time();
     let messages: Vec<_> = (0..3000)
         .map(|i| {
-            keyed(&meter(
+            message(&meter(
                 &format!("M-{}", i % 30),
                 t0 + TimeDelta::seconds(i / 30),
                 0.5,
@@ -386,7 +379,7 @@ async fn after_a_broker_outage_the_worker_rejoins_and_resumes_at_once() {
     let t0 = base_time();
     let batch = |from: i64, n: i64| -> Vec<_> {
         (from..from + n)
-            .map(|i| keyed(&meter("M-1", t0 + TimeDelta::seconds(i), 0.5, 230.0)))
+            .map(|i| message(&meter("M-1", t0 + TimeDelta::seconds(i), 0.5, 230.0)))
             .collect()
     };
     let producer = producer(&kafka.bootstrap());

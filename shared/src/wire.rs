@@ -94,6 +94,12 @@ fn describe(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
+/// Largest JSON text of one reading, in bytes. A canonical reading is about
+/// 200 bytes; this leaves room for unknown fields while bounding what one
+/// message or one element of a request may cost to hold and parse. The
+/// gateway refuses a larger reading, the worker dead-letters a larger message.
+pub const MAX_READING_BYTES: usize = 64 * 1024;
+
 /// Most energy one reading may report, in kWh: far beyond any charger's
 /// interval, low enough that sums over millions of readings stay finite.
 pub const MAX_KWH_PER_READING: f64 = 1_000_000.0;

@@ -142,10 +142,30 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
 /// Produces raw messages and waits for every acknowledgement. Sends at most
 /// 50,000 at a time, within the producer's local queue.
 pub async fn produce_all(producer: &FutureProducer, topic: &str, messages: &[RawMessage]) {
+    let unplaced: Vec<(Option<i32>, &RawMessage)> = messages.iter().map(|m| (None, m)).collect();
+    produce(producer, topic, &unplaced).await;
+}
+
+/// Produces each message into the partition given with it, as a producer
+/// with its own partitioner (or none) may: the key does not decide.
+pub async fn produce_to_partitions(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[(i32, RawMessage)],
+) {
+    let placed: Vec<(Option<i32>, &RawMessage)> =
+        messages.iter().map(|(p, m)| (Some(*p), m)).collect();
+    produce(producer, topic, &placed).await;
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, messages: &[(Option<i32>, &RawMessage)]) {
     for chunk in messages.chunks(50_000) {
         let mut deliveries = Vec::with_capacity(chunk.len());
-        for (key, payload) in chunk {
+        for (partition, (key, payload)) in chunk {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(partition) = partition {
+                record = record.partition(*partition);
+            }
             if let Some(key) = key {
                 record = record.key(key.as_slice());
             }

@@ -33,3 +33,11 @@ pub fn key_of(value: &Value) -> String {
         .expect("reading has a device id")
         .to_owned()
 }
+
+/// The Kafka message a producer would send for `value`: keyed by its device.
+pub fn message(value: &Value) -> crate::kafka::RawMessage {
+    (
+        Some(key_of(value).into_bytes()),
+        Some(value.to_string().into_bytes()),
+    )
+}
