@@ -1,25 +1,46 @@
--- One list of the partitioned tables, read by the partition functions, the
--- worker's upkeep and the tests, instead of a list in each of them.
+-- Partitions: one list of the partitioned tables, and partition changes
+-- that never freeze ingest or queries.
 --
---   granularity  'day' (history: a partition per UTC day of recorded_at) or
---                'month' (rollups: a partition per UTC month of hour_end);
---   retention    'readings' (RETENTION_DAYS) or 'rollups' (ROLLUP_RETENTION_DAYS);
+-- The list, read by the partition functions (their allow-list), the
+-- worker's upkeep and the tests, instead of a list in each of them:
+--
+--   granularity   'day' (history: a partition per UTC day of recorded_at) or
+--                 'month' (rollups: a partition per UTC month of hour_end);
+--   retention     'readings' (RETENTION_DAYS) or 'rollups' (ROLLUP_RETENTION_DAYS);
 --   keyed_by_hour_end  the partition key is a rollup hour's end: a reading
---                late on day D lands in the hour ending at D+1 00:00, so the
---                rows of readings of days first..last need partitions
---                through last + 1.
+--                 late on day D lands in the hour ending at D+1 00:00, so the
+--                 rows of readings of days first..last need partitions
+--                 through last + 1;
+--   rollup_table  for a history table, the rollups that summarise its rows.
+--
+-- Locks. `CREATE TABLE .. PARTITION OF` and `DROP TABLE` of a partition take
+-- ACCESS EXCLUSIVE on the parent: behind a long query they wait, and every
+-- insert and query queues behind them. So a partition is created on its own
+-- and then attached (SHARE UPDATE EXCLUSIVE on the parent: reads and writes
+-- go on), and each creation or drop runs in a subtransaction that gives up
+-- at the caller's `lock_timeout`: it is counted as deferred, and the worker
+-- tries again later. (`DETACH PARTITION .. CONCURRENTLY` cannot run inside
+-- a function, and only the owner's functions may change the tables; a
+-- drop bounded by lock_timeout holds others up for no longer than that.)
+--
+-- Rollups follow their day: when a day's history partition is created, the
+-- rollup hours of that day are emptied. At creation the day holds no row,
+-- so any rollup of its hours is left over from a partition of the same day
+-- that was dropped (by hand, or by a worker whose clock ran ahead):
+-- keeping it would count again the readings that are sent once more.
 CREATE TABLE energy_partitioned_tables (
     parent            text    PRIMARY KEY,
     granularity       text    NOT NULL CHECK (granularity IN ('day', 'month')),
     retention         text    NOT NULL CHECK (retention IN ('readings', 'rollups')),
-    keyed_by_hour_end boolean NOT NULL
+    keyed_by_hour_end boolean NOT NULL,
+    rollup_table      text    REFERENCES energy_partitioned_tables (parent)
 );
 
-INSERT INTO energy_partitioned_tables (parent, granularity, retention, keyed_by_hour_end) VALUES
-    ('vehicle_readings', 'day', 'readings', false),
-    ('meter_readings', 'day', 'readings', false),
-    ('vehicle_hourly', 'month', 'rollups', true),
-    ('meter_hourly', 'month', 'rollups', true);
+INSERT INTO energy_partitioned_tables (parent, granularity, retention, keyed_by_hour_end, rollup_table) VALUES
+    ('vehicle_hourly', 'month', 'rollups', true, NULL),
+    ('meter_hourly', 'month', 'rollups', true, NULL),
+    ('vehicle_readings', 'day', 'readings', false, 'vehicle_hourly'),
+    ('meter_readings', 'day', 'readings', false, 'meter_hourly');
 
 -- The list is the partition functions' allow-list: the writer reads it and
 -- cannot extend it (the default privileges of the roles migration would
@@ -52,17 +73,21 @@ $$;
 REVOKE EXECUTE ON FUNCTION energy_partition_spec(text) FROM PUBLIC;
 
 -- Creates the missing partitions of `parent` that hold the rows of readings
--- taken on first_day..last_day (days, or the months holding them). Safe to
--- run concurrently from several workers. Returns how many it created.
-CREATE FUNCTION energy_ensure_partitions(parent text, first_day date, last_day date)
-RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+-- taken on first_day..last_day (days, or the months holding them), each
+-- created on its own and attached. Safe to run concurrently from several
+-- workers. Returns how many it created, and how many it deferred because a
+-- lock was not granted within the caller's lock_timeout.
+CREATE FUNCTION energy_ensure_partitions(parent text, first_day date, last_day date,
+                                         OUT created integer, OUT deferred integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     spec public.energy_partitioned_tables%ROWTYPE;
     lo date;
     hi date;
     child text;
-    created integer := 0;
 BEGIN
+    created := 0;
+    deferred := 0;
     spec := public.energy_partition_spec(parent);
     IF last_day - first_day > 4000 THEN
         RAISE EXCEPTION 'energy_ensure_partitions: % days at once is more than 4000', last_day - first_day
@@ -84,30 +109,43 @@ BEGIN
         IF pg_catalog.to_regclass(pg_catalog.quote_ident(child)) IS NULL THEN
             BEGIN
                 EXECUTE pg_catalog.format(
-                    'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                    child, parent, lo::timestamp AT TIME ZONE 'UTC', hi::timestamp AT TIME ZONE 'UTC');
+                    'CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', child, parent);
+                EXECUTE pg_catalog.format(
+                    'ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                    parent, child, lo::timestamp AT TIME ZONE 'UTC', hi::timestamp AT TIME ZONE 'UTC');
+                IF spec.rollup_table IS NOT NULL THEN
+                    EXECUTE pg_catalog.format(
+                        'DELETE FROM %I WHERE hour_end > %L AND hour_end <= %L',
+                        spec.rollup_table, lo::timestamp AT TIME ZONE 'UTC', hi::timestamp AT TIME ZONE 'UTC');
+                END IF;
                 created := created + 1;
-            EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
-                NULL; -- another worker created it meanwhile
+            EXCEPTION
+                WHEN duplicate_table OR invalid_object_definition THEN
+                    NULL; -- another worker created it meanwhile
+                WHEN lock_not_available THEN
+                    deferred := deferred + 1;
             END;
         END IF;
         lo := hi;
     END LOOP;
-    RETURN created;
 END
 $$;
 
 -- Drops the partitions of `parent` that end on or before `cutoff`: whole
--- days (or months) older than the retention. Returns how many it dropped.
-CREATE FUNCTION energy_drop_partitions_before(parent text, cutoff date)
-RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+-- days (or months) older than the retention. Returns how many it dropped,
+-- and how many it deferred because a lock was not granted within the
+-- caller's lock_timeout.
+CREATE FUNCTION energy_drop_partitions_before(parent text, cutoff date,
+                                              OUT dropped integer, OUT deferred integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     spec public.energy_partitioned_tables%ROWTYPE;
     child text;
     suffix text;
     partition_end date;
-    dropped integer := 0;
 BEGIN
+    dropped := 0;
+    deferred := 0;
     spec := public.energy_partition_spec(parent);
     FOR child IN
         SELECT c.relname FROM pg_catalog.pg_inherits i
@@ -124,11 +162,14 @@ BEGIN
             CONTINUE; -- not one of ours
         END IF;
         IF partition_end <= cutoff THEN
-            EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %I', child); -- another worker may drop it first
-            dropped := dropped + 1;
+            BEGIN
+                EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %I', child); -- another worker may drop it first
+                dropped := dropped + 1;
+            EXCEPTION WHEN lock_not_available THEN
+                deferred := deferred + 1;
+            END;
         END IF;
     END LOOP;
-    RETURN dropped;
 END
 $$;
 
@@ -142,3 +183,13 @@ BEGIN
         GRANT EXECUTE ON FUNCTION energy_drop_partitions_before(text, date) TO energy_writer;
     END IF;
 END $$;
+
+-- Settings the worker runs with, written by each worker at start-up, so a
+-- service configured otherwise can see it: query-api refuses to start with
+-- a RETENTION_DAYS the workers do not use (its windows would reach days the
+-- workers have dropped, or refuse days they keep).
+CREATE TABLE energy_settings (
+    name       text        PRIMARY KEY,
+    value      text        NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);

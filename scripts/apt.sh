@@ -21,3 +21,16 @@ apt_ensure() {
 build_deps_ensure() {
   apt_ensure libssl-dev pkg-config
 }
+
+# Generates the locale NAME (e.g. de_DE.UTF-8) when the system lacks it:
+# a test reads PostgreSQL's messages in another language.
+locale_ensure() {
+  local name="$1"
+  local listed="${name%%.*}.utf8"
+  locale -a 2>/dev/null | grep -qix "$listed" && return 0
+  apt_ensure locales
+  echo "generating locale $name" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo localedef -i "${name%%.*}" -f UTF-8 "$name"
+}

@@ -20,6 +20,11 @@ if [ "$#" -eq 0 ]; then
 fi
 # The dashboard page is tested in headless Chromium.
 apt_ensure chromium
+# A test reads PostgreSQL's messages in German: errors are recognised by
+# SQLSTATE and structure, never by their (translated) text.
+locale_ensure de_DE.UTF-8
+# Tests run on a database whose collation is not C (issue: one byte order everywhere).
+locale_ensure en_US.UTF-8
 workdir="$(mktemp -d /tmp/energy-test.XXXXXX)"
 chmod 755 "$workdir"
 port="$(free_port)"

@@ -121,11 +121,7 @@ impl Batch {
     pub fn newest_reading_time(&self) -> Option<DateTime<Utc>> {
         self.readings
             .iter()
-            .filter_map(|reading| match reading {
-                Reading::Vehicle(v) => Some(v.recorded_at),
-                Reading::Meter(m) => Some(m.recorded_at),
-                Reading::Assignment(_) => None,
-            })
+            .filter_map(Reading::recorded_at)
             .max()
             .map(|at| at.instant())
     }
@@ -160,11 +156,7 @@ impl Batch {
             .iter()
             .enumerate()
             .filter_map(|(index, reading)| {
-                let at = match reading {
-                    Reading::Vehicle(v) => v.recorded_at,
-                    Reading::Meter(m) => m.recorded_at,
-                    Reading::Assignment(_) => return None,
-                };
+                let at = reading.recorded_at()?;
                 let error = rules.check_retention(at, now).err()?;
                 Some((index, Reason::Message(MessageError::Invalid(vec![error]))))
             })

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use service_kit::db;
 use tokio::net::TcpListener;
@@ -102,6 +103,15 @@ fn describe_metrics() {
     ]);
 }
 
+/// What time it is. The retention cutoff and the partitions' days follow
+/// it, so a test can move it across midnight; the worker uses [`system_clock`].
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The host's clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
 /// Runs the worker until `shutdown` completes, serving its probes on
 /// `health_listener`: then it stops fetching, flushes and commits the open
 /// batch, leaves the group and returns.
@@ -110,16 +120,36 @@ pub async fn run(
     health_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_clock(args, health_listener, shutdown, system_clock()).await
+}
+
+/// [`run`], with the time taken from `clock`.
+pub async fn run_with_clock(
+    args: WorkerArgs,
+    health_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: Clock,
+) -> anyhow::Result<()> {
+    args.check()?;
     // Before anything is counted: metrics recorded earlier would be lost.
     service_kit::metrics::handle();
     describe_metrics();
     let pool = db::pool(&args.db, "ingest-worker").context("invalid database settings")?;
     db::wait_until_migrated(&pool).await?;
+    db::ensure_temp_privilege(&pool).await?;
+    db::record_setting(
+        &pool,
+        db::RETENTION_DAYS_SETTING,
+        &args.validation.retention_days.to_string(),
+    )
+    .await
+    .context("cannot record the worker's settings")?;
     let partitions = Arc::new(Partitions::new(
         args.validation.retention_days,
         args.rollup_retention_days,
+        Duration::from_millis(args.partition_lock_timeout_ms),
     ));
-    maintain_partitions_until_done(&pool, &partitions).await;
+    prepare_partitions_until_done(&pool, &partitions, &clock).await;
     let dead_letter_topic = args.dead_letter_topic();
     ensure_topics_exist(
         &args.kafka.kafka_brokers,
@@ -135,9 +165,11 @@ pub async fn run(
         signal_token.cancel();
     });
     let health = Arc::new(Health::new(Duration::from_millis(args.not_ready_after_ms)));
-    tokio::spawn(maintain_partitions_hourly(
+    tokio::spawn(keep_partitions(
         pool.clone(),
         partitions.clone(),
+        clock.clone(),
+        Duration::from_secs(args.partition_upkeep_interval_secs.max(1)),
         token.clone(),
     ));
     let health_server = tokio::spawn(health::serve(
@@ -159,6 +191,7 @@ pub async fn run(
         rules: args.validation.rules(),
         health,
         partitions,
+        clock,
         shutdown: token.clone(),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         write_concurrency: args.batch_write_concurrency.max(1),
@@ -193,34 +226,44 @@ fn subscribe(args: &WorkerArgs) -> anyhow::Result<StreamConsumer<WorkerContext>>
     Ok(consumer)
 }
 
-/// Start-up partition upkeep, retried until PostgreSQL answers: the first
-/// batch must find its partitions.
-async fn maintain_partitions_until_done(pool: &sqlx::PgPool, partitions: &Partitions) {
+/// Start-up partition creation, retried until it succeeds: the first
+/// batch must find its partitions. Dropping expired ones is left to the
+/// background upkeep, so a lock held elsewhere cannot hold up the start.
+async fn prepare_partitions_until_done(
+    pool: &sqlx::PgPool,
+    partitions: &Partitions,
+    clock: &Clock,
+) {
     let mut backoff =
         service_kit::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    while let Err(error) = partitions
-        .maintain(pool, chrono::Utc::now().date_naive())
-        .await
-    {
-        tracing::warn!(%error, "partition upkeep failed, retrying");
+    while let Err(error) = partitions.prepare(pool, clock().date_naive()).await {
+        tracing::warn!(error = %format!("{error:#}"), "partition upkeep failed, retrying");
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
-/// Creates tomorrow's partitions and drops expired ones every hour.
-async fn maintain_partitions_hourly(
+/// The background upkeep, at once and then every `interval`: creates the
+/// days ahead, drops expired ones; whatever fails or is deferred is tried
+/// again at the next round.
+async fn keep_partitions(
     pool: sqlx::PgPool,
     partitions: Arc<Partitions>,
+    clock: Clock,
+    interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
-    every_hour.tick().await;
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = every_hour.tick() => {
-                if let Err(error) = partitions.maintain(&pool, chrono::Utc::now().date_naive()).await {
-                    tracing::warn!(%error, "hourly partition upkeep failed; will try again");
+            _ = every.tick() => {
+                let today = clock().date_naive();
+                if let Err(error) = partitions.prepare(&pool, today).await {
+                    tracing::warn!(error = %format!("{error:#}"), "partition creation failed; will try again");
+                }
+                if let Err(error) = partitions.drop_expired(&pool, today).await {
+                    tracing::warn!(error = %format!("{error:#}"), "dropping expired partitions failed; will try again");
                 }
             }
         }

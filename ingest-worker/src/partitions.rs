@@ -5,15 +5,68 @@
 //! own list, `energy_partitioned_tables`.
 //!
 //! Every accepted reading lies between the retention cutoff and a few
-//! minutes past now, so partitions from the cutoff through the day after
-//! tomorrow always cover it; `maintain` runs at start-up and hourly. Should
-//! it have failed for days, `ensure_through` creates what a batch needs
-//! before the batch is written.
+//! minutes past now, so partitions from the cutoff through [`DAYS_AHEAD`]
+//! days ahead cover it. [`Partitions::prepare`] makes them at start-up and
+//! in the background upkeep, well before a batch needs them; should upkeep
+//! have failed for days, [`Partitions::ensure_days`] creates what a batch
+//! needs before it is written. Only the background upkeep drops partitions
+//! ([`Partitions::drop_expired`]), never the write path: a batch that finds
+//! a day's partition gone has it created again if the day is still
+//! accepted, and dead-letters its readings of that day otherwise.
+//!
+//! Every change waits at most `lock_timeout` for its lock (partitions are
+//! attached, and dropped, under the parent's lock): behind a long query it
+//! is deferred to the next attempt instead of freezing ingest and queries.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{Days, NaiveDate};
 use sqlx::PgPool;
+
+/// Days ahead of today that always have partitions: creating them a week
+/// early leaves days of upkeep attempts before a batch needs one.
+pub const DAYS_AHEAD: u64 = 7;
+
+/// Most days `energy_ensure_partitions` creates in one call (the migration's
+/// bound against filling the catalog).
+pub const MAX_PARTITION_DAYS: u64 = 4000;
+
+pub struct Partitions {
+    raw_retention_days: u32,
+    rollup_retention_days: u32,
+    /// Longest a partition change waits for its lock before it is deferred.
+    lock_timeout: Duration,
+    /// The last day known to have partitions in every table.
+    ensured_through: Mutex<Option<NaiveDate>>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Upkeep {
+    pub created: i64,
+    pub dropped: i64,
+    /// Changes given up because their lock was not granted in time; the
+    /// next pass tries again.
+    pub deferred: i64,
+}
+
+impl std::ops::AddAssign for Upkeep {
+    fn add_assign(&mut self, other: Self) {
+        self.created += other.created;
+        self.dropped += other.dropped;
+        self.deferred += other.deferred;
+    }
+}
+
+/// A partition change that had to be deferred: the caller retries.
+#[derive(Debug, thiserror::Error)]
+pub enum UpkeepError {
+    #[error("{0} partition changes waited longer than the lock timeout; deferred")]
+    Deferred(i64),
+    #[error("partition upkeep failed")]
+    Database(#[from] sqlx::Error),
+}
 
 /// A partitioned table, as `energy_partitioned_tables` lists it.
 #[derive(sqlx::FromRow)]
@@ -24,33 +77,26 @@ struct Partitioned {
 }
 
 async fn partitioned_tables(pool: &PgPool) -> Result<Vec<Partitioned>, sqlx::Error> {
-    sqlx::query_as("SELECT parent, retention FROM energy_partitioned_tables ORDER BY parent")
-        .fetch_all(pool)
-        .await
-}
-
-/// Days ahead of today that always have partitions.
-const DAYS_AHEAD: u64 = 2;
-
-pub struct Partitions {
-    raw_retention_days: u32,
-    rollup_retention_days: u32,
-    /// The last day known to have partitions in every table.
-    ensured_through: Mutex<Option<NaiveDate>>,
-}
-
-/// What one maintenance pass did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Upkeep {
-    pub created: i64,
-    pub dropped: i64,
+    // Rollup tables first: a history day created after them empties its
+    // rollup hours in a partition that exists.
+    sqlx::query_as(
+        "SELECT parent, retention FROM energy_partitioned_tables
+         ORDER BY rollup_table IS NOT NULL, parent",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 impl Partitions {
-    pub fn new(raw_retention_days: u32, rollup_retention_days: u32) -> Self {
+    pub fn new(
+        raw_retention_days: u32,
+        rollup_retention_days: u32,
+        lock_timeout: Duration,
+    ) -> Self {
         Self {
             raw_retention_days,
             rollup_retention_days: rollup_retention_days.max(raw_retention_days),
+            lock_timeout,
             ensured_through: Mutex::new(None),
         }
     }
@@ -70,71 +116,141 @@ impl Partitions {
         today - Days::new(u64::from(days))
     }
 
-    /// Creates every partition from the retention cutoffs through the day
-    /// after tomorrow, and drops those entirely past their retention.
-    pub async fn maintain(&self, pool: &PgPool, today: NaiveDate) -> Result<Upkeep, sqlx::Error> {
+    /// The oldest day whose readings are accepted at `today`.
+    pub fn first_accepted_day(&self, today: NaiveDate) -> NaiveDate {
+        today - Days::new(u64::from(self.raw_retention_days))
+    }
+
+    /// Creates every partition from the retention cutoffs through
+    /// [`DAYS_AHEAD`] days after `today`. Fails if a creation was deferred.
+    pub async fn prepare(&self, pool: &PgPool, today: NaiveDate) -> Result<Upkeep, UpkeepError> {
         let through = today + Days::new(DAYS_AHEAD);
         let mut upkeep = Upkeep::default();
         for table in partitioned_tables(pool).await? {
             let cutoff = self.cutoff(&table, today);
-            upkeep.dropped += drop_before(pool, &table.parent, cutoff).await?;
-            upkeep.created += ensure(pool, &table.parent, cutoff, through).await?;
+            upkeep += self.ensure(pool, &table.parent, cutoff, through).await?;
+        }
+        if upkeep.deferred > 0 {
+            return Err(UpkeepError::Deferred(upkeep.deferred));
         }
         *self.ensured_through() = Some(through);
-        if upkeep != Upkeep::default() {
-            tracing::info!(
-                created = upkeep.created,
-                dropped = upkeep.dropped,
-                "partitions maintained"
-            );
-        }
+        log(&upkeep);
         Ok(upkeep)
     }
 
-    /// Makes sure partitions exist through `last_day` (the newest day of a
-    /// batch); a no-op while maintenance keeps ahead.
-    pub async fn ensure_through(
+    /// Drops the partitions entirely past their retention at `today`; a
+    /// drop whose lock is not granted in time is deferred (counted, not an
+    /// error).
+    pub async fn drop_expired(
         &self,
         pool: &PgPool,
-        last_day: NaiveDate,
-    ) -> Result<(), sqlx::Error> {
-        if self
-            .ensured_through()
-            .is_some_and(|through| through >= last_day)
+        today: NaiveDate,
+    ) -> Result<Upkeep, UpkeepError> {
+        let mut upkeep = Upkeep::default();
+        for table in partitioned_tables(pool).await? {
+            let cutoff = self.cutoff(&table, today);
+            let mut tx = self.with_lock_timeout(pool).await?;
+            let (dropped, deferred): (i32, i32) = sqlx::query_as(
+                "SELECT dropped, deferred FROM energy_drop_partitions_before($1, $2)",
+            )
+            .bind(&table.parent)
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            upkeep += Upkeep {
+                dropped: i64::from(dropped),
+                deferred: i64::from(deferred),
+                ..Upkeep::default()
+            };
+        }
+        log(&upkeep);
+        Ok(upkeep)
+    }
+
+    /// Makes sure partitions hold readings of `first..=last` in every
+    /// table; a no-op while upkeep keeps ahead, unless `recheck` (a
+    /// partition went missing). Fails if a creation was deferred.
+    pub async fn ensure_days(
+        &self,
+        pool: &PgPool,
+        first: NaiveDate,
+        last: NaiveDate,
+        recheck: bool,
+    ) -> Result<(), UpkeepError> {
+        if !recheck
+            && self
+                .ensured_through()
+                .is_some_and(|through| through >= last)
         {
             return Ok(());
         }
-        let first_day = Utc::now().date_naive() - Days::new(u64::from(self.raw_retention_days));
+        let mut upkeep = Upkeep::default();
         for table in partitioned_tables(pool).await? {
-            ensure(pool, &table.parent, first_day, last_day).await?;
+            upkeep += self.ensure(pool, &table.parent, first, last).await?;
         }
+        if upkeep.deferred > 0 {
+            return Err(UpkeepError::Deferred(upkeep.deferred));
+        }
+        log(&upkeep);
         let mut through = self.ensured_through();
-        *through = Some(through.map_or(last_day, |known| known.max(last_day)));
+        *through = Some(through.map_or(last, |known| known.max(last)));
         Ok(())
+    }
+
+    /// A transaction whose statements wait at most `lock_timeout` for a lock.
+    async fn with_lock_timeout(
+        &self,
+        pool: &PgPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        // SET cannot take a bound parameter; the value is a number we format.
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.lock_timeout.as_millis().max(1)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+
+    /// Creates the partitions of `table` holding readings of `first..=last`.
+    async fn ensure(
+        &self,
+        pool: &PgPool,
+        table: &str,
+        first: NaiveDate,
+        last: NaiveDate,
+    ) -> Result<Upkeep, sqlx::Error> {
+        let mut tx = self.with_lock_timeout(pool).await?;
+        let (created, deferred): (i32, i32) =
+            sqlx::query_as("SELECT created, deferred FROM energy_ensure_partitions($1, $2, $3)")
+                .bind(table)
+                .bind(first)
+                .bind(last)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Upkeep {
+            created: i64::from(created),
+            deferred: i64::from(deferred),
+            ..Upkeep::default()
+        })
     }
 }
 
-/// Creates the partitions of `table` holding readings of `first..=last`.
-async fn ensure(
-    pool: &PgPool,
-    table: &str,
-    first: NaiveDate,
-    last: NaiveDate,
-) -> Result<i64, sqlx::Error> {
-    let created: i32 = sqlx::query_scalar("SELECT energy_ensure_partitions($1, $2, $3)")
-        .bind(table)
-        .bind(first)
-        .bind(last)
-        .fetch_one(pool)
-        .await?;
-    Ok(i64::from(created))
-}
-
-async fn drop_before(pool: &PgPool, table: &str, cutoff: NaiveDate) -> Result<i64, sqlx::Error> {
-    let dropped: i32 = sqlx::query_scalar("SELECT energy_drop_partitions_before($1, $2)")
-        .bind(table)
-        .bind(cutoff)
-        .fetch_one(pool)
-        .await?;
-    Ok(i64::from(dropped))
+fn log(upkeep: &Upkeep) {
+    if upkeep.deferred > 0 {
+        tracing::warn!(
+            deferred = upkeep.deferred,
+            "partition changes deferred: their lock was not granted within PARTITION_LOCK_TIMEOUT_MS"
+        );
+    }
+    if upkeep.created > 0 || upkeep.dropped > 0 {
+        tracing::info!(
+            created = upkeep.created,
+            dropped = upkeep.dropped,
+            "partitions maintained"
+        );
+    }
 }

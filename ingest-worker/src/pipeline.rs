@@ -4,19 +4,19 @@
 //! advancing past something that is not durable.
 
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::NaiveDate;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use service_kit::retry::Backoff;
-use shared::wire::ValidationRules;
+use shared::domain::Reading;
+use shared::wire::{MessageError, ValidationRules};
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,7 @@ use crate::health::Health;
 use crate::partitions::Partitions;
 use crate::rebalance::WorkerContext;
 use crate::store::{self, BatchOutcome, WriteError};
+use crate::Clock;
 
 /// When a batch is flushed.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +54,8 @@ pub struct Sink {
     pub rules: ValidationRules,
     pub health: Arc<Health>,
     pub partitions: Arc<Partitions>,
+    /// What time it is: the retention and the partitions' days follow it.
+    pub clock: Clock,
     pub shutdown: CancellationToken,
     pub shutdown_grace: Duration,
     /// Concurrent transactions a batch is written with, each holding the
@@ -76,6 +79,8 @@ struct Retrier {
 struct GroupWriter {
     pool: PgPool,
     partitions: Arc<Partitions>,
+    rules: ValidationRules,
+    clock: Clock,
     retrier: Retrier,
 }
 
@@ -92,6 +97,8 @@ impl Sink {
         GroupWriter {
             pool: self.pool.clone(),
             partitions: self.partitions.clone(),
+            rules: self.rules,
+            clock: self.clock.clone(),
             retrier: self.retrier(),
         }
     }
@@ -157,7 +164,7 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
                 }
                 match received {
                     Ok(message) => {
-                        batch.add(&message, &sink.rules, Utc::now());
+                        batch.add(&message, &sink.rules, (sink.clock)());
                         if flush_at.is_none() {
                             tracing::debug!(partition = message.partition(), offset = message.offset(), "batch opened");
                             flush_at = Some(Instant::now() + limits.max_wait);
@@ -191,16 +198,21 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
     batch.drop_partitions(&sink.consumer.context().take_revoked());
     // A reading that passed the retention check when it arrived may have
     // aged past it since (midnight): its day's partition may be gone.
-    batch.reject_expired(&sink.rules, Utc::now());
+    let now = (sink.clock)();
+    batch.reject_expired(&sink.rules, now);
     if batch.is_empty() {
         return Ok(());
     }
     let started = std::time::Instant::now();
     if let Some(last_day) = batch.last_reading_day() {
+        let first_day = sink.partitions.first_accepted_day(now.date_naive());
         retry(
             &sink.retrier(),
             "partition upkeep",
-            || sink.partitions.ensure_through(&sink.pool, last_day),
+            || {
+                sink.partitions
+                    .ensure_days(&sink.pool, first_day, last_day.max(first_day), false)
+            },
             |_| Decision::Retry,
         )
         .await??;
@@ -235,7 +247,9 @@ async fn write_groups(sink: &Sink, mut batch: Batch) -> anyhow::Result<(Batch, B
         .into_iter()
         .map(|range| {
             let (writer, batch) = (sink.group_writer(), shared.clone());
-            tokio::spawn(async move { write_isolating_refused(&writer, &batch, range).await })
+            tokio::spawn(
+                async move { write_isolating_refused(&writer, &batch, range.collect()).await },
+            )
         })
         .collect();
     let written = futures::future::join_all(tasks).await;
@@ -316,70 +330,122 @@ fn record_batch_metrics(batch: &Batch, outcome: &BatchOutcome, elapsed: Duration
     }
 }
 
-/// Writes the batch's readings in `readings`. When the database refuses a
-/// row (a data error), the range is halved until the refused readings stand alone; the
-/// rest is written and the refused ones come back as rejects. Halves are
-/// written in order, so the first of two duplicates still wins.
+/// Writes the batch's readings at `indices`. When the database refuses a
+/// row (a data error), the readings are halved until the refused ones
+/// stand alone; the rest is written and the refused ones come back as
+/// rejects. Halves are written in order, so the first of two duplicates
+/// still wins. When a reading's day has no partition, the readings that
+/// have aged past the retention meanwhile (a batch that waited across
+/// midnight) come back as rejects, the partitions of the others are
+/// created again, and they are written.
 async fn write_isolating_refused(
     writer: &GroupWriter,
     batch: &Batch,
-    readings: Range<usize>,
+    indices: Vec<usize>,
 ) -> anyhow::Result<(BatchOutcome, Vec<Rejected>)> {
     let mut outcome = BatchOutcome::default();
     let mut refused = Vec::new();
-    // A stack of index ranges; the left half is pushed last so it goes first.
-    let mut pending = vec![readings];
-    while let Some(range) = pending.pop() {
-        if range.is_empty() {
+    // A stack of index lists; the left half is pushed last so it goes first.
+    let mut pending = vec![indices];
+    while let Some(indices) = pending.pop() {
+        if indices.is_empty() {
             continue;
         }
-        let readings = &batch.readings[range.clone()];
-        let write = || async {
-            let result = store::write_batch(&writer.pool, readings).await;
-            if let Err(WriteError::MissingPartition(_)) = &result {
-                // Dropped by hand, or upkeep has not run: recreate, then retry.
-                if let Err(error) = writer
-                    .partitions
-                    .maintain(&writer.pool, Utc::now().date_naive())
-                    .await
-                {
-                    tracing::warn!(%error, "partition upkeep failed");
-                }
-            }
-            result
-        };
+        let readings: Vec<&Reading> = indices.iter().map(|&i| &batch.readings[i]).collect();
         let attempt = retry(
             &writer.retrier,
             "batch write",
-            write,
+            || store::write_batch(&writer.pool, readings.iter().copied()),
             |error: &WriteError| match error {
-                WriteError::Data(_) => Decision::GiveBack,
-                WriteError::Transient(_)
-                | WriteError::MissingPartition(_)
-                | WriteError::Permanent(_) => Decision::Retry,
+                WriteError::Data(_) | WriteError::MissingPartition(_) => Decision::GiveBack,
+                WriteError::Transient(_) | WriteError::Permanent(_) => Decision::Retry,
             },
         )
         .await?;
         match attempt {
             Ok(part) => outcome += part,
-            Err(error) if range.len() == 1 => {
+            Err(WriteError::MissingPartition(_)) => {
+                let (live, expired) = writer.expired_ones(batch, indices);
+                refused.extend(expired);
+                if let Some(last_day) = last_reading_day(batch, &live) {
+                    writer.recreate_partitions(last_day).await?;
+                }
+                pending.push(live);
+            }
+            Err(error) if indices.len() == 1 => {
                 let reason = Reason::RefusedByDatabase(format!("{:#}", anyhow::Error::from(error)));
-                refused.push(batch.reject_reading(range.start, reason));
+                refused.push(batch.reject_reading(indices[0], reason));
             }
             Err(_) => {
-                let middle = range.start + range.len() / 2;
-                pending.push(middle..range.end);
-                pending.push(range.start..middle);
+                let right = indices[indices.len() / 2..].to_vec();
+                let left = indices[..indices.len() / 2].to_vec();
+                pending.push(right);
+                pending.push(left);
             }
         }
     }
     if !refused.is_empty() {
         tracing::warn!(
             refused = refused.len(),
-            "readings refused by the database, isolated for the dead-letter topic"
+            "readings refused, isolated for the dead-letter topic"
         );
     }
     Ok((outcome, refused))
+}
+
+/// The UTC day of the newest reading at `indices` (assignments have none).
+fn last_reading_day(batch: &Batch, indices: &[usize]) -> Option<NaiveDate> {
+    indices
+        .iter()
+        .filter_map(|&i| batch.readings[i].recorded_at())
+        .max()
+        .map(|at| at.instant().date_naive())
+}
+
+impl GroupWriter {
+    /// Splits `indices` into the readings still within the retention now
+    /// and rejects for those past it, with the retention's reason.
+    fn expired_ones(&self, batch: &Batch, indices: Vec<usize>) -> (Vec<usize>, Vec<Rejected>) {
+        let now = (self.clock)();
+        let mut expired = Vec::new();
+        let live = indices
+            .into_iter()
+            .filter(|&index| {
+                let Some(at) = batch.readings[index].recorded_at() else {
+                    return true;
+                };
+                match self.rules.check_retention(at, now) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        let reason = Reason::Message(MessageError::Invalid(vec![error]));
+                        expired.push(batch.reject_reading(index, reason));
+                        false
+                    }
+                }
+            })
+            .collect();
+        (live, expired)
+    }
+
+    /// Creates again every missing partition of an accepted day through
+    /// `last_day`; never drops one. Retried until it succeeds (a lock may
+    /// be held for a while), like any failed step of a flush.
+    async fn recreate_partitions(&self, last_day: NaiveDate) -> anyhow::Result<()> {
+        let first_day = self
+            .partitions
+            .first_accepted_day((self.clock)().date_naive());
+        retry(
+            &self.retrier,
+            "partition upkeep",
+            || {
+                self.partitions
+                    .ensure_days(&self.pool, first_day, last_day.max(first_day), true)
+            },
+            |_| Decision::Retry,
+        )
+        .await??;
+        Ok(())
+    }
 }
 
 /// What to do with a failed attempt.

@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use service_kit::config::{DbArgs, ValidationArgs};
 use service_kit::http::HttpLimits;
 
+use crate::partitions::{DAYS_AHEAD, MAX_PARTITION_DAYS};
 use crate::pipeline::BatchLimits;
 
 /// Settings of `ingest-worker`.
@@ -88,12 +89,46 @@ pub struct WorkerArgs {
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u32,
 
+    /// Longest a partition change (creating tomorrow's, dropping an expired
+    /// one) waits for its lock on the partitioned table before it is
+    /// deferred to the next upkeep: behind a long query it would otherwise
+    /// hold up every insert and query queued behind it
+    #[arg(long, env = "PARTITION_LOCK_TIMEOUT_MS", default_value_t = 1_000)]
+    pub partition_lock_timeout_ms: u64,
+
+    /// Seconds between partition upkeeps (create days ahead, drop expired
+    /// ones, retry what was deferred)
+    #[arg(long, env = "PARTITION_UPKEEP_INTERVAL_SECS", default_value_t = 600)]
+    pub partition_upkeep_interval_secs: u64,
+
     /// Days of hourly rollups kept (longer than raw readings: RETENTION_DAYS)
     #[arg(long, env = "ROLLUP_RETENTION_DAYS", default_value_t = 730)]
     pub rollup_retention_days: u32,
 }
 
 impl WorkerArgs {
+    /// Refuses settings that cannot work, naming them.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let (raw, rollups) = (
+            u64::from(self.validation.retention_days),
+            u64::from(self.rollup_retention_days),
+        );
+        anyhow::ensure!(
+            rollups >= raw,
+            "ROLLUP_RETENTION_DAYS ({rollups}) must be at least RETENTION_DAYS ({raw}): \
+             analytics read whole hours from the rollups"
+        );
+        // energy_ensure_partitions creates at most this many days at once.
+        let most = MAX_PARTITION_DAYS - DAYS_AHEAD;
+        anyhow::ensure!(
+            rollups <= most,
+            "ROLLUP_RETENTION_DAYS ({rollups}) and RETENTION_DAYS may be at most {most} days: \
+             partitions are kept from the retention cutoff through {DAYS_AHEAD} days ahead, \
+             at most {MAX_PARTITION_DAYS} days"
+        );
+        Ok(())
+    }
+
     pub fn dead_letter_topic(&self) -> String {
         self.kafka
             .dead_letter_topic(self.kafka_dlq_topic.as_deref())

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use shared::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, VehicleReading};
+use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, PgPool};
 
 use crate::copy::encode_rows;
@@ -71,19 +72,29 @@ impl std::ops::AddAssign for BatchOutcome {
 fn classify(error: sqlx::Error) -> WriteError {
     let is_data_error = matches!(&error, sqlx::Error::Database(db)
         if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")));
-    // PostgreSQL reports a row without a partition as check_violation (23514),
-    // a data error by class; only its message tells it apart.
-    let is_missing_partition = matches!(&error, sqlx::Error::Database(db)
-        if db.code().as_deref() == Some("23514") && db.message().starts_with("no partition of relation"));
     if service_kit::db::is_transient(&error) {
         WriteError::Transient(error)
-    } else if is_missing_partition {
+    } else if is_missing_partition(&error) {
         WriteError::MissingPartition(error)
     } else if is_data_error {
         WriteError::Data(error)
     } else {
         WriteError::Permanent(error)
     }
+}
+
+/// A row without a partition: PostgreSQL reports it as a check violation
+/// (23514), a data error by class, naming the partitioned table but no
+/// constraint, where a failed CHECK names its constraint. Recognised by
+/// that structure, not by the message, which `lc_messages` translates.
+fn is_missing_partition(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+        return false;
+    };
+    pg.code() == "23514" && pg.constraint().is_none() && pg.table().is_some()
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -99,8 +110,10 @@ struct BatchRows<'a> {
 }
 
 impl<'a> BatchRows<'a> {
-    fn split(readings: &'a [Reading]) -> Self {
-        let mut seen: HashSet<(u8, &DeviceId, EventTime)> = HashSet::with_capacity(readings.len());
+    fn split(readings: impl IntoIterator<Item = &'a Reading>) -> Self {
+        let readings = readings.into_iter();
+        let mut seen: HashSet<(u8, &DeviceId, EventTime)> =
+            HashSet::with_capacity(readings.size_hint().0);
         let mut rows = BatchRows {
             vehicles: Vec::new(),
             meters: Vec::new(),
@@ -140,9 +153,13 @@ enum HistoryPath {
 }
 
 /// Writes a batch in one transaction and commits it.
-#[tracing::instrument(skip_all, fields(readings = readings.len()))]
-pub async fn write_batch(pool: &PgPool, readings: &[Reading]) -> Result<BatchOutcome, WriteError> {
+#[tracing::instrument(skip_all, fields(readings = tracing::field::Empty))]
+pub async fn write_batch<'a>(
+    pool: &PgPool,
+    readings: impl IntoIterator<Item = &'a Reading>,
+) -> Result<BatchOutcome, WriteError> {
     let rows = BatchRows::split(readings);
+    tracing::Span::current().record("readings", rows.n_rows() + rows.duplicates_in_batch);
     if rows.n_rows() == 0 {
         return Ok(BatchOutcome {
             duplicates: rows.duplicates_in_batch,

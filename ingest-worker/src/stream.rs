@@ -241,7 +241,10 @@ impl Stream {
 
     /// Inserts the rows of `staging` that are not stored yet and rolls up
     /// exactly those (so a duplicate never counts twice); returns how many
-    /// it inserted.
+    /// it inserted. Rollup rows are locked in byte order of the device id,
+    /// the order the direct path sorts them in Rust, whatever the
+    /// database's collation: two workers taking the two paths over the same
+    /// devices cannot deadlock.
     pub fn staged_insert(&self, staging: &str) -> String {
         let columns = self.history_columns();
         let aggregates: Vec<String> = self
@@ -257,7 +260,7 @@ impl Stream {
              ), rolled AS (
                  INSERT INTO {hourly} AS h ({rollup_columns})
                  SELECT {device}, energy_hour_end(recorded_at), count(*), {aggregates}
-                 FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+                 FROM inserted GROUP BY 1, 2 ORDER BY {device} COLLATE \"C\", 2
                  {merge}
              )
              SELECT count(*) FROM inserted",

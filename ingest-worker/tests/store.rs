@@ -2,7 +2,7 @@
 //! once, current state moving forward in event time only.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ingest_worker::store::{write_batch, BatchOutcome};
+use ingest_worker::store::{write_batch, BatchOutcome, WriteError};
 use shared::domain::Reading;
 use test_support::postgres::{ensure_partitions, fresh_database, TestDatabase};
 use test_support::readings::{assignment, decode, meter, vehicle};
@@ -259,4 +259,59 @@ async fn a_large_batch_is_written_exactly() {
     assert_eq!((n, dc), (10_000, 5_000.0));
     assert_eq!(db.count("SELECT count(*) FROM vehicles_current").await, 250);
     assert_eq!(db.count("SELECT count(*) FROM meters_current").await, 250);
+}
+
+/// With PostgreSQL's messages in German, a row whose day has no partition is
+/// still told apart from a row the database refuses: the data is fine, and
+/// must be retried once the partition exists, never dead-lettered.
+#[tokio::test]
+async fn a_missing_partition_is_recognised_in_any_language() {
+    let db = database().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET lc_messages = 'de_DE.UTF-8'",
+        db.name
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // New sessions take the database's setting.
+    let german = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let division = sqlx::query("SELECT 1 / 0")
+        .execute(&german)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        division.contains("Division durch Null"),
+        "messages are not German ({division}): scripts/test.sh generates the de_DE.UTF-8 locale"
+    );
+    sqlx::query(&format!(
+        "DROP TABLE vehicle_readings_p{}",
+        t(0).format("%Y%m%d")
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let readings = batch(&[vehicle("V-1", t(1), 50.0, 1.0, 20.0)]);
+    let error = write_batch(&german, &readings).await.unwrap_err();
+    assert!(
+        matches!(error, WriteError::MissingPartition(_)),
+        "{error:?}"
+    );
+    // A refused row is still a data error, in German as in English.
+    let refused = batch(&[vehicle("V-1", t(1), 50.0, 1.0, 20.0)]);
+    sqlx::query(
+        "ALTER TABLE vehicle_readings ADD CONSTRAINT no_v1 CHECK (vehicle_id <> 'V-1') NOT VALID",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    ensure_partitions(&db.pool, t(0).date_naive(), t(0).date_naive()).await;
+    let error = write_batch(&german, &refused).await.unwrap_err();
+    assert!(matches!(error, WriteError::Data(_)), "{error:?}");
 }

@@ -4,6 +4,8 @@
 //! after the rows are stored, transient database failures retried.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -407,5 +409,134 @@ async fn after_a_broker_outage_the_worker_rejoins_and_resumes_at_once() {
         || async { (rows(&db, "meter_readings").await == 200).then_some(()) },
     )
     .await;
+    worker.stop().await;
+}
+
+/// A clock a test sets: the worker's "now" is `base` plus the offset it holds.
+#[derive(Clone)]
+struct TestClock {
+    micros: Arc<AtomicI64>,
+}
+
+impl TestClock {
+    fn at(instant: DateTime<Utc>) -> Self {
+        Self {
+            micros: Arc::new(AtomicI64::new(instant.timestamp_micros())),
+        }
+    }
+
+    fn set(&self, instant: DateTime<Utc>) {
+        self.micros
+            .store(instant.timestamp_micros(), Ordering::SeqCst);
+    }
+
+    fn clock(&self) -> ingest_worker::Clock {
+        let micros = self.micros.clone();
+        Arc::new(move || {
+            DateTime::from_timestamp_micros(micros.load(Ordering::SeqCst)).expect("a valid instant")
+        })
+    }
+}
+
+/// A batch waits across midnight (its table is locked), and meanwhile the
+/// oldest day's partition is dropped, as any worker's upkeep does at
+/// midnight. The reading of that day has aged out: it is dead-lettered with
+/// the retention's reason, the rest of the batch is stored, and the day's
+/// partition is not created again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_that_waits_across_midnight_dead_letters_what_aged_out() {
+    let kafka = MockKafka::start(&[(TOPIC, 1), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let today = Utc::now().date_naive();
+    let at = |day: chrono::NaiveDate, h: u32, m: u32| day.and_hms_opt(h, m, 0).unwrap().and_utc();
+    let oldest = today - chrono::Days::new(2);
+    let clock = TestClock::at(at(today, 23, 59));
+    let args = worker_args(
+        &kafka,
+        &db,
+        &["--retention-days=2", "--batch-max-wait-ms=100"],
+    );
+    let worker = InProcess::spawn({
+        let clock = clock.clock();
+        |listener, shutdown| ingest_worker::run_with_clock(args, listener, shutdown, clock)
+    })
+    .await;
+    test_support::process::wait_until_ok(
+        &format!("{}/readyz", worker.url),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE vehicle_readings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    produce_all(
+        &producer(&kafka.bootstrap()),
+        TOPIC,
+        &[
+            message(&vehicle("OLD", at(oldest, 12, 0), 50.0, 1.0, 20.0)),
+            message(&vehicle("NEW", at(today, 23, 0), 50.0, 1.0, 20.0)),
+        ],
+    )
+    .await;
+    eventually(
+        "the batch's COPY waiting for the lock",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'ingest-worker' AND wait_event_type = 'Lock'
+               AND query LIKE 'COPY vehicle_readings %'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // Midnight passes; the oldest day expires and its partition is dropped.
+    clock.set(at(today + chrono::Days::new(1), 0, 0) + TimeDelta::seconds(30));
+    let oldest_partition = format!("vehicle_readings_p{}", oldest.format("%Y%m%d"));
+    sqlx::query(&format!("DROP TABLE {oldest_partition}"))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock.commit().await.unwrap();
+
+    eventually(
+        "NEW stored and both offsets committed",
+        Duration::from_secs(30),
+        || async {
+            let committed = committed_offsets(&kafka.bootstrap(), GROUP, TOPIC, 1);
+            (rows(&db, "vehicle_readings").await == 1 && committed[&0] == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let stored: String = sqlx::query_scalar("SELECT vehicle_id FROM vehicle_readings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "NEW");
+    let dead = read_topic(&kafka.bootstrap(), DLQ, 2, Duration::from_secs(10));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "dlq.reason").unwrap(),
+        format!(
+            "invalid reading: timestamp is older than the 2-day retention (before {}T00:00:00Z)",
+            today - chrono::Days::new(1)
+        )
+    );
+    let recreated: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(&oldest_partition)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        recreated, None,
+        "an expired day's partition is never created again"
+    );
     worker.stop().await;
 }

@@ -140,6 +140,7 @@ pub async fn serve(
     }
     let pool = service_kit::db::pool(&args.db, "query-api").context("invalid database settings")?;
     service_kit::db::wait_until_migrated(&pool).await?;
+    ensure_same_retention_as_the_workers(&pool, args.retention_days).await?;
     let state = AppState {
         pool: pool.clone(),
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
@@ -161,6 +162,26 @@ pub async fn serve(
     let app = shell.wrap(documented_routes(keys).with_state(state));
     tracing::info!("query-api serving");
     service_kit::http::serve(listener, app, args.http, shutdown).await
+}
+
+/// Refuses a RETENTION_DAYS other than the workers' (they record theirs at
+/// start-up): windows would reach days the workers have dropped, or refuse
+/// days they keep. Before any worker has run there is nothing to compare.
+async fn ensure_same_retention_as_the_workers(
+    pool: &PgPool,
+    retention_days: u32,
+) -> anyhow::Result<()> {
+    let recorded = service_kit::db::recorded_setting(pool, service_kit::db::RETENTION_DAYS_SETTING)
+        .await
+        .context("cannot read the workers' settings")?;
+    if let Some(workers) = recorded {
+        anyhow::ensure!(
+            workers == retention_days.to_string(),
+            "RETENTION_DAYS is {retention_days} here but {workers} for the workers: set the \
+             same value on query-api and every ingest-worker"
+        );
+    }
+    Ok(())
 }
 
 fn describe_metrics() {

@@ -59,7 +59,7 @@ SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
        CASE WHEN v.n > 0 THEN v.temp / v.n END AS avg_battery_temp,
        (SELECT coalesce(sum(n), 0)::bigint FROM meter_pieces) AS meter_readings,
        (SELECT coalesce(sum(ac), 0) FROM meter_pieces) AS sum_ac,
-       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM meter_pieces WHERE n > 0) AS meter_ids
+       (SELECT coalesce(array_agg(DISTINCT meter_id COLLATE \"C\" ORDER BY meter_id COLLATE \"C\"), '{}') FROM meter_pieces WHERE n > 0) AS meter_ids
 FROM vehicle v"
 );
 

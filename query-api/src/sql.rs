@@ -12,7 +12,8 @@
 //!
 //! Which meter counts for which vehicle: an assignment of vehicle V to meter
 //! M at `start` holds until V's next assignment event, or until M is
-//! assigned to another vehicle (on a tie, the greater vehicle id gets it);
+//! assigned to another vehicle (on a tie, the greater vehicle id gets it,
+//! by byte order: `COLLATE "C"`, whatever the database's collation);
 //! before its first assignment a vehicle is paired with the meter of its own
 //! id, until that meter is assigned to another vehicle. `[start, end)` is
 //! the interval `(start - 1µs, end - 1µs]` on PostgreSQL's microsecond grid.
@@ -31,7 +32,8 @@ macro_rules! spans_cte {
                  WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
                (SELECT min(o.starts_at) FROM assignments o
                  WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id
-                   AND (o.starts_at > a.starts_at OR (o.starts_at = a.starts_at AND o.vehicle_id > a.vehicle_id)))
+                   AND (o.starts_at > a.starts_at
+                        OR (o.starts_at = a.starts_at AND o.vehicle_id COLLATE \"C\" > a.vehicle_id COLLATE \"C\")))
            ) AS ends_at
     FROM wanted w JOIN assignments a ON a.vehicle_id = w.vehicle_id
     WHERE a.meter_id IS NOT NULL

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use shared::wire::format_timestamp;
 use sqlx::PgPool;
 use test_support::in_process::InProcess;
-use test_support::postgres::{fresh_database, fresh_unmigrated_database};
+use test_support::postgres::{fresh_database, fresh_database_collated, fresh_unmigrated_database};
 
 mod common;
 use common::{args, Api};
@@ -403,5 +403,51 @@ async fn assignment_edges_ties_and_the_end_of_the_implicit_pairing() {
         (body["sumAC"].as_f64(), body["meterReadings"].clone()),
         (Some(minutes(1..=60)), json!(60))
     );
+    api.stop().await;
+}
+
+/// On a database whose collation is not C, ties and the order of meter ids
+/// still follow byte order: "B-2" < "a-1" in bytes, while en_US puts "a-1"
+/// first. So the tie goes to "a-1", and "B-m" is listed before "a-m".
+#[tokio::test(flavor = "multi_thread")]
+async fn ties_and_meter_ids_follow_byte_order_under_any_collation() {
+    let db = fresh_database_collated().await;
+    let origin = Utc::now() - TimeDelta::hours(3);
+    let origin = origin - TimeDelta::nanoseconds(i64::from(origin.timestamp_subsec_nanos()));
+    let at = |minute: i64| origin + TimeDelta::minutes(minute);
+    for minute in 0..=60 {
+        for id in ["a-1", "B-2", "V-x"] {
+            insert_vehicle(&db.pool, id, at(minute), 1.0, 20.0).await;
+        }
+        for id in ["MTR", "a-m", "B-m"] {
+            insert_meter(&db.pool, id, at(minute), 1.0).await;
+        }
+    }
+    insert_assignment(&db.pool, "a-1", Some("MTR"), at(30)).await;
+    insert_assignment(&db.pool, "B-2", Some("MTR"), at(30)).await;
+    insert_assignment(&db.pool, "V-x", Some("a-m"), at(10)).await;
+    insert_assignment(&db.pool, "V-x", Some("B-m"), at(20)).await;
+    let api = Api::start(&db).await;
+    let window = |vehicle: &str| {
+        (
+            format!("/v1/analytics/performance/{vehicle}"),
+            vec![
+                ("from", format_timestamp(at(0))),
+                ("to", format_timestamp(at(60))),
+            ],
+        )
+    };
+    let (path, query) = window("a-1");
+    let (_, won) = api.get_with(&path, &query).await;
+    assert_eq!(
+        (won["meterReadings"].clone(), won["meterIds"].clone()),
+        (json!(31), json!(["MTR"]))
+    );
+    let (path, query) = window("B-2");
+    let (_, lost) = api.get_with(&path, &query).await;
+    assert_eq!(lost["meterReadings"], json!(0));
+    let (path, query) = window("V-x");
+    let (_, both) = api.get_with(&path, &query).await;
+    assert_eq!(both["meterIds"], json!(["B-m", "a-m"]));
     api.stop().await;
 }

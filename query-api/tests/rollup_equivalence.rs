@@ -12,7 +12,7 @@ use ingest_worker::store::write_batch;
 use query_api::performance::PERFORMANCE_SQL;
 use serde_json::Value;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
-use test_support::postgres::fresh_database;
+use test_support::postgres::{fresh_database, fresh_database_collated, TestDatabase};
 use test_support::readings::{assignment, decode, meter, vehicle};
 
 fn close(a: f64, b: f64) -> bool {
@@ -29,22 +29,58 @@ fn instant(rng: &mut fastrand::Rng, origin: DateTime<Utc>, hours: i64) -> DateTi
     }
 }
 
+/// How the fleet's devices are named.
+struct Names {
+    vehicle: fn(usize) -> String,
+    meter: fn(usize) -> String,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rollup_query_equals_raw_computation_on_random_fleets() {
+    let names = Names {
+        vehicle: |i| format!("V{i}"),
+        meter: |i| format!("M{i}"),
+    };
+    compare_on_a_random_fleet(fresh_database().await, names).await;
+}
+
+/// The same on a database whose collation is not C, with ids whose order
+/// differs between it and byte order ("B-7" < "a-8" in bytes, not in en_US).
+#[tokio::test(flavor = "multi_thread")]
+async fn rollup_query_equals_raw_computation_under_another_collation() {
+    let names = Names {
+        vehicle: |i| {
+            if i % 2 == 0 {
+                format!("a-{i}")
+            } else {
+                format!("B-{i}")
+            }
+        },
+        meter: |i| {
+            if i % 2 == 0 {
+                format!("m_{i}")
+            } else {
+                format!("M-{i}")
+            }
+        },
+    };
+    compare_on_a_random_fleet(fresh_database_collated().await, names).await;
+}
+
+async fn compare_on_a_random_fleet(db: TestDatabase, names: Names) {
     let seed = fastrand::u64(..);
     eprintln!("seed: {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let db = fresh_database().await;
     let hours = 10;
     let origin = {
         let start = Utc::now() - TimeDelta::hours(30);
         start - TimeDelta::nanoseconds(i64::from(start.timestamp_subsec_nanos()))
     };
-    let vehicles: Vec<String> = (0..10).map(|i| format!("V{i}")).collect();
+    let vehicles: Vec<String> = (0..10).map(names.vehicle).collect();
     // Meters named like vehicles pair implicitly until assignments say otherwise.
     let meters: Vec<String> = (0..6)
-        .map(|i| format!("V{i}"))
-        .chain((0..6).map(|i| format!("M{i}")))
+        .map(names.vehicle)
+        .chain((0..6).map(names.meter))
         .collect();
 
     let mut messages: Vec<Value> = Vec::new();
@@ -87,8 +123,9 @@ async fn rollup_query_equals_raw_computation_on_random_fleets() {
     }
     // A tie: one meter assigned to two vehicles at the same instant.
     let tie_at = instant(&mut rng, origin, hours);
-    messages.push(assignment("V7", Some("M5"), tie_at));
-    messages.push(assignment("V8", Some("M5"), tie_at));
+    let tied_meter = (names.meter)(5);
+    messages.push(assignment(&vehicles[7], Some(&tied_meter), tie_at));
+    messages.push(assignment(&vehicles[8], Some(&tied_meter), tie_at));
     // Duplicates of earlier readings with other values (the first stored must win).
     let duplicates: Vec<Value> = (0..300)
         .map(|_| {

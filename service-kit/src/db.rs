@@ -110,3 +110,45 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 pub async fn is_reachable(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
+
+/// The name, in `energy_settings`, of the workers' RETENTION_DAYS.
+pub const RETENTION_DAYS_SETTING: &str = "retention_days";
+
+/// Records a setting the worker runs with, for the other services to check.
+pub async fn record_setting(pool: &PgPool, name: &str, value: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO energy_settings (name, value) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A setting the workers recorded; `None` before any worker has run.
+pub async fn recorded_setting(pool: &PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM energy_settings WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Fails, saying how to fix it, unless this role may create temporary
+/// tables in the database (the worker stages duplicate-bearing batches in them).
+pub async fn ensure_temp_privilege(pool: &PgPool) -> anyhow::Result<()> {
+    let (database, role, allowed): (String, String, bool) = sqlx::query_as(
+        "SELECT current_database(), current_user::text,
+                has_database_privilege(current_database(), 'TEMPORARY')",
+    )
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(
+        allowed,
+        "the database role {role} may not create temporary tables in {database}: the worker \
+         stages batches that hold already stored readings in them; \
+         GRANT TEMPORARY ON DATABASE {database} TO {role}"
+    );
+    Ok(())
+}

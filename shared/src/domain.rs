@@ -139,6 +139,16 @@ pub enum Reading {
 }
 
 impl Reading {
+    /// When a vehicle or meter reading was taken; `None` for an assignment,
+    /// which is not a reading of a stream.
+    pub fn recorded_at(&self) -> Option<EventTime> {
+        match self {
+            Reading::Vehicle(v) => Some(v.recorded_at),
+            Reading::Meter(m) => Some(m.recorded_at),
+            Reading::Assignment(_) => None,
+        }
+    }
+
     /// The Kafka message key: the device whose order of events matters.
     pub fn device_id(&self) -> &DeviceId {
         match self {

@@ -15,11 +15,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rdkafka::Message;
 use serde_json::Value;
 use test_support::fleet::{history_rows, stored, Fleet};
+use test_support::http::{sample, scrape};
 use test_support::kafka::{
-    committed_total, end_total, header, produce_all, producer, read_topic, MockKafka,
-    RDKafkaApiKey, RDKafkaRespErr,
+    committed_total, end_total, header, produce_all, produce_to_partitions, producer, read_topic,
+    MockKafka, RDKafkaApiKey, RDKafkaRespErr, RawMessage,
 };
-use test_support::postgres::{fresh_database, TestDatabase};
+use test_support::postgres::{fresh_database, fresh_database_collated, TestDatabase};
 use test_support::private_postgres::PrivatePostgres;
 use test_support::process::wait_until_ok;
 use test_support::readings::key_of;
@@ -515,4 +516,54 @@ async fn draining_a_backlog_keeps_worker_memory_bounded() {
     // the backlog: under SOAK=1 the backlog's payloads alone are ~160 MiB, so
     // a worker that buffered it would fail this.
     assert!(peak_kib < 160 * 1024, "worker peak RSS {peak_kib} KiB");
+}
+
+/// One device's readings on two partitions, consumed by two workers at
+/// once (explicit partition numbers stand in for another client's
+/// partitioner, keyless messages or a changed partition count), a tenth of
+/// them sent again on the other partition so the duplicate path meets the
+/// direct one over the same devices, on a database whose collation is not
+/// C and ids whose order it changes: totals exact, current state the newest,
+/// and no batch retried (a deadlock would be).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_devices_on_two_partitions_are_stored_exactly_without_retries() {
+    let kafka = MockKafka::start(&[(TOPIC, 2), (DLQ, 1)]);
+    let db = fresh_database_collated().await;
+    let fleet = Fleet::generate("split-", 20_000, 100, start_time());
+    let messages = fleet.messages();
+    let mut placed: Vec<(i32, RawMessage)> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| ((i / 2 % 2) as i32, message.clone()))
+        .collect();
+    placed.extend(
+        messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 == 0)
+            .map(|(i, message)| ((1 - i / 2 % 2) as i32, message.clone())),
+    );
+    let wiring = wiring(&kafka, &db.url);
+    let settings = [
+        ("BATCH_MAX_READINGS", "500".to_owned()),
+        ("RUST_LOG", "warn,ingest_worker=info".to_owned()),
+    ];
+    let (first, first_health) = wiring.start_worker(GROUP, &settings).await;
+    let (second, second_health) = wiring.start_worker(GROUP, &settings).await;
+    first.wait_for_log("partitions assigned", Duration::from_secs(30));
+    second.wait_for_log("partitions assigned", Duration::from_secs(30));
+    produce_to_partitions(&producer(&kafka.bootstrap()), TOPIC, &placed).await;
+
+    assert_stored_exactly(&db, &fleet, Duration::from_secs(120)).await;
+    for health in [first_health, second_health] {
+        let metrics = scrape(&health).await;
+        let batches = sample(&metrics, "energy_worker_batches_total", &[]).unwrap_or(0.0);
+        assert!(batches > 0.0, "both workers wrote: {health}");
+        let retried = sample(
+            &metrics,
+            "energy_worker_retries_total",
+            &[("operation", "batch write")],
+        );
+        assert_eq!(retried, None, "{health} retried batches");
+    }
 }

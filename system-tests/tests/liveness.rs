@@ -3,20 +3,22 @@
 //! PostgreSQL, the test broker.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::{Days, TimeDelta, Utc};
 use rdkafka::Message;
 use serde_json::json;
+use shared::wire::format_timestamp;
 use test_support::eventually;
-use test_support::http::{sample, scrape};
+use test_support::http::{json_of, sample, scrape};
 use test_support::kafka::{
     committed_total, end_total, header, produce_all, produce_to_partitions, producer, read_topic,
     MockKafka, RawMessage,
 };
+use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::fresh_database;
-use test_support::readings::{message, vehicle};
-use test_support::services::{Wiring, TOPIC};
+use test_support::readings::{message, meter, vehicle};
+use test_support::services::{Stack, Wiring, TOPIC};
 
 const DLQ: &str = "energy.readings.dlq";
 
@@ -134,4 +136,151 @@ async fn oversized_messages_are_refused_and_batches_are_bounded_in_bytes() {
     eprintln!("worker peak RSS {peak_mib} MiB");
     // ARCHITECTURE.md, "Memory is bounded": the worker's figure with the defaults.
     assert!(peak_mib < 256, "worker peak RSS {peak_mib} MiB");
+}
+
+/// A day's partitions are dropped by hand while the day is still accepted,
+/// and the same readings are sent again: the partitions are created again,
+/// the day's rollups follow them, and each reading counts once. The answer
+/// equals the raw computation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_day_sent_again_counts_once() {
+    let stack = Stack::start(2, "dropped-day", &[]).await;
+    let day = Utc::now().date_naive() - Days::new(1);
+    let midnight = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let readings: String = (0..144)
+        .flat_map(|i| {
+            let at = midnight + TimeDelta::minutes(10 * i + 5);
+            [
+                vehicle("DAY", at, 50.0, 0.5 + i as f64 / 100.0, 20.0),
+                meter("DAY", at, 0.6 + i as f64 / 100.0, 230.0),
+            ]
+        })
+        .map(|reading| format!("{reading}\n"))
+        .collect();
+    assert_eq!(
+        stack
+            .post("application/x-ndjson", readings.clone())
+            .await
+            .status,
+        202
+    );
+    stack.wait_for_rows(144, 144, 0).await;
+
+    let suffix = day.format("%Y%m%d");
+    for table in ["vehicle_readings", "meter_readings"] {
+        sqlx::query(&format!("DROP TABLE {table}_p{suffix}"))
+            .execute(&stack.db.pool)
+            .await
+            .unwrap();
+    }
+    stack.wait_for_rows(0, 0, 0).await;
+    assert_eq!(
+        stack.post("application/x-ndjson", readings).await.status,
+        202
+    );
+    stack.wait_for_rows(144, 144, 0).await;
+
+    let (from, to) = (midnight, midnight + TimeDelta::days(1));
+    let raw = figures(&stack.db.pool, RAW_PERFORMANCE_SQL, "DAY", from, to).await;
+    let answer = json_of(
+        reqwest::Client::new()
+            .get(format!("{}/v1/analytics/performance/DAY", stack.api_url))
+            .query(&[
+                ("from", format_timestamp(from)),
+                ("to", format_timestamp(to)),
+            ]),
+    )
+    .await;
+    assert_eq!(answer["vehicleReadings"], json!(raw.vehicle_readings));
+    assert_eq!(answer["meterReadings"], json!(raw.meter_readings));
+    for (field, expected) in [("sumDC", raw.sum_dc), ("sumAC", raw.sum_ac)] {
+        let got = answer[field].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() <= 1e-9 * expected,
+            "{field}: {got} against {expected}"
+        );
+    }
+    let rolled: (i64, f64) = sqlx::query_as(
+        "SELECT sum(readings)::bigint, sum(sum_dc) FROM vehicle_hourly WHERE vehicle_id = 'DAY'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rolled.0, 144, "each reading rolled up once");
+}
+
+/// A long query holds a lock on the readings tables while the worker's
+/// upkeep tries to drop an expired day every second: readings are still
+/// stored within the partition lock timeout, and the day is dropped once the
+/// query ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_query_never_holds_up_ingest_beyond_the_lock_timeout() {
+    let kafka = MockKafka::start(&[(TOPIC, 1), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let expired = Utc::now().date_naive() - Days::new(100);
+    sqlx::query("SELECT energy_ensure_partitions('vehicle_readings', $1, $1)")
+        .bind(expired)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut long_query = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM vehicle_readings")
+        .execute(&mut *long_query)
+        .await
+        .unwrap();
+
+    let wiring = Wiring::new(db.url.clone(), kafka.bootstrap());
+    let (_worker, _) = wiring
+        .start_worker(
+            "long-query",
+            &[
+                ("PARTITION_LOCK_TIMEOUT_MS", "500".to_owned()),
+                ("PARTITION_UPKEEP_INTERVAL_SECS", "1".to_owned()),
+            ],
+        )
+        .await;
+    let producer = producer(&kafka.bootstrap());
+    let mut slowest = Duration::ZERO;
+    // The first reading also waits for the worker to join its group: not measured.
+    for i in 0..11 {
+        let at = Utc::now() - TimeDelta::minutes(1);
+        let sent = Instant::now();
+        produce_all(
+            &producer,
+            TOPIC,
+            &[message(&vehicle(&format!("LQ-{i}"), at, 50.0, 1.0, 20.0))],
+        )
+        .await;
+        eventually("the reading stored", Duration::from_secs(30), || async {
+            (db.count("SELECT count(*) FROM vehicles_current").await == i + 1).then_some(())
+        })
+        .await;
+        if i > 0 {
+            slowest = slowest.max(sent.elapsed());
+        }
+    }
+    // The lock timeout, the batch wait (100 ms) and polling, with room for a
+    // busy machine; without the timeout a drop waits 60 s (the statement
+    // timeout) and every insert behind it.
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a reading took {slowest:?}"
+    );
+    let partition = format!("vehicle_readings_p{}", expired.format("%Y%m%d"));
+    let exists = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT to_regclass($1)::text")
+            .bind(&partition)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .is_some()
+    };
+    assert!(exists().await, "the drop waits for the long query");
+    long_query.rollback().await.unwrap();
+    eventually(
+        "the expired day dropped",
+        Duration::from_secs(30),
+        || async { (!exists().await).then_some(()) },
+    )
+    .await;
 }

@@ -40,6 +40,17 @@ fn kwh(step: i64, device: i64) -> f64 {
     ((step * 7 + device * 3) % 16) as f64 / 16.0
 }
 
+/// A device's id: `{prefix}{kind}-{n}`, the kind in lower case for every
+/// other device, so that byte order and a database collation such as
+/// en_US sort the ids differently ("V-1" < "v-0" in bytes, not in en_US).
+fn device_id(prefix: &str, kind: &str, device: i64) -> String {
+    if device % 2 == 0 {
+        format!("{prefix}{}-{device}", kind.to_lowercase())
+    } else {
+        format!("{prefix}{kind}-{device}")
+    }
+}
+
 impl Fleet {
     /// `n` unique readings from `devices` vehicles and as many meters, one
     /// per device per second from `start`, interleaved across devices.
@@ -54,7 +65,7 @@ impl Fleet {
             let at = start + TimeDelta::seconds(step);
             let energy = kwh(step, device);
             let (value, totals, newest_value) = if i % 2 == 0 {
-                let id = format!("{prefix}V-{device}");
+                let id = device_id(prefix, "V", device);
                 let soc = (step % 101) as f64;
                 (
                     vehicle(&id, at, soc, energy, 20.0),
@@ -62,7 +73,7 @@ impl Fleet {
                     soc,
                 )
             } else {
-                let id = format!("{prefix}M-{device}");
+                let id = device_id(prefix, "M", device);
                 let voltage = 200.0 + (step % 50) as f64;
                 (
                     meter(&id, at, energy, voltage),

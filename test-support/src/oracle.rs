@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 /// The reference: every sum straight from raw history, with the same
 /// assignment rules (explicit spans, implicit pairing by equal id, ties to
-/// the greater vehicle id).
+/// the greater vehicle id by byte order).
 pub const RAW_PERFORMANCE_SQL: &str = "
 WITH spans AS (
     SELECT a.meter_id, a.starts_at,
@@ -17,7 +17,8 @@ WITH spans AS (
                  WHERE n.vehicle_id = a.vehicle_id AND n.starts_at > a.starts_at),
                (SELECT min(o.starts_at) FROM assignments o
                  WHERE o.meter_id = a.meter_id AND o.vehicle_id <> a.vehicle_id
-                   AND (o.starts_at > a.starts_at OR (o.starts_at = a.starts_at AND o.vehicle_id > a.vehicle_id)))
+                   AND (o.starts_at > a.starts_at
+                        OR (o.starts_at = a.starts_at AND o.vehicle_id COLLATE \"C\" > a.vehicle_id COLLATE \"C\")))
            ) AS ends_at
     FROM assignments a
     WHERE a.vehicle_id = $1 AND a.meter_id IS NOT NULL
@@ -41,7 +42,7 @@ SELECT (SELECT count(*) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded
        (SELECT avg(battery_temp) FROM vehicle_readings WHERE vehicle_id = $1 AND recorded_at > $2 AND recorded_at <= $3) AS avg_battery_temp,
        (SELECT coalesce(sum(n), 0)::bigint FROM per_span) AS meter_readings,
        (SELECT coalesce(sum(ac), 0) FROM per_span) AS sum_ac,
-       (SELECT coalesce(array_agg(DISTINCT meter_id ORDER BY meter_id), '{}') FROM per_span WHERE n > 0) AS meter_ids";
+       (SELECT coalesce(array_agg(DISTINCT meter_id COLLATE \"C\" ORDER BY meter_id COLLATE \"C\"), '{}') FROM per_span WHERE n > 0) AS meter_ids";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct Figures {

@@ -23,7 +23,22 @@ fn admin_url() -> String {
 /// the last 40 days through the day after tomorrow (what a worker would
 /// create; tests with older data call [`ensure_partitions`]).
 pub async fn fresh_database() -> TestDatabase {
-    let database = fresh_unmigrated_database().await;
+    migrated(fresh_unmigrated_database().await).await
+}
+
+/// The locale of databases whose text does not sort like bytes:
+/// `scripts/test.sh` generates it when the system lacks it.
+pub const NON_C_LOCALE: &str = "en_US.UTF-8";
+
+/// [`fresh_database`], but its default collation is [`NON_C_LOCALE`]'s,
+/// where `"a-2" < "B-1"`, whereas in byte order `"B-1" < "a-2"`.
+pub async fn fresh_database_collated() -> TestDatabase {
+    let options =
+        format!("TEMPLATE template0 LC_COLLATE '{NON_C_LOCALE}' LC_CTYPE '{NON_C_LOCALE}'");
+    migrated(create_database(&options).await).await
+}
+
+async fn migrated(database: TestDatabase) -> TestDatabase {
     service_kit::db::migrate(&database.pool)
         .await
         .expect("migrations apply");
@@ -50,6 +65,11 @@ pub async fn ensure_partitions(pool: &PgPool, first: chrono::NaiveDate, last: ch
 
 /// A new empty database with no schema at all.
 pub async fn fresh_unmigrated_database() -> TestDatabase {
+    create_database("").await
+}
+
+/// A new database made with `CREATE DATABASE name options`.
+async fn create_database(options: &str) -> TestDatabase {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "test_{}_{}_{}",
@@ -63,7 +83,7 @@ pub async fn fresh_unmigrated_database() -> TestDatabase {
     let mut connection = PgConnection::connect_with(&admin)
         .await
         .expect("connect to the test server");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(&format!("CREATE DATABASE {name} {options}"))
         .execute(&mut connection)
         .await
         .expect("create test database");
