@@ -33,7 +33,7 @@ use kafka_kit::KafkaArgs;
 use service_kit::auth::{ApiKeys, AuthArgs, Role};
 use service_kit::config::ValidationArgs;
 use service_kit::shell::{Probes, Shell};
-use shared::wire::{decode_value, ValidationRules};
+use shared::wire::ValidationRules;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use utoipa::OpenApi as _;
@@ -41,7 +41,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::body::BodyFormat;
-use self::error::{ApiError, ReadingError};
+use self::error::ApiError;
 use self::publish::Publisher;
 
 /// Settings of `ingest-gateway`.
@@ -207,33 +207,25 @@ async fn ingest(
     body: Body,
 ) -> Result<(StatusCode, Json<openapi::Accepted>), ApiError> {
     let format = BodyFormat::from_headers(&headers)?;
-    let bytes = body::read_limited(body, state.max_body_bytes).await?;
-    let values = body::parse(&bytes, format, state.max_batch_readings)?;
-
-    let now = Utc::now();
-    let mut readings = Vec::with_capacity(values.len());
-    let mut errors = Vec::new();
-    for (index, value) in values.iter().enumerate() {
-        match decode_value(value, &state.rules, now) {
-            Ok(reading) => readings.push(reading),
-            Err(field_errors) => errors.extend(field_errors.into_iter().map(|e| ReadingError {
-                index,
-                field: e.field,
-                error: e.error,
-            })),
-        }
-    }
+    let bytes = body::read_limited(&headers, body, state.max_body_bytes).await?;
+    let texts = body::split(&bytes, format, state.max_batch_readings)?;
     // All or nothing: one invalid reading and nothing of the request is published.
-    if !errors.is_empty() {
-        let invalid = errors
-            .iter()
-            .map(|e| e.index)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "invalid")
-            .increment(invalid as u64);
-        return Err(ApiError::InvalidReadings(errors));
-    }
+    let readings = match body::decode(&texts, &state.rules, Utc::now()) {
+        Ok(readings) => readings,
+        Err(ApiError::InvalidReadings(errors)) => {
+            let invalid = errors
+                .iter()
+                .map(|e| e.index)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "invalid")
+                .increment(invalid as u64);
+            return Err(ApiError::InvalidReadings(errors));
+        }
+        Err(other) => return Err(other),
+    };
+    drop(texts);
+    drop(bytes);
 
     if let Err(error) = state.publisher.publish(&readings).await {
         metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "not_published")

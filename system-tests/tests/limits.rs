@@ -190,3 +190,56 @@ async fn query_api_enforces_its_limits() {
     assert_unfinished_headers_are_cut_off(&url).await;
     assert_connection_limit(&url).await;
 }
+
+/// The gateway's worst case, as ARCHITECTURE.md states it: 96 MiB (the
+/// process and librdkafka's producer queue), plus per request in flight
+/// the body limit and 4 MiB (one reading parsed at a time, the decoded
+/// readings).
+fn gateway_memory_bound_mib(concurrent_requests: u64, body_mib: u64) -> u64 {
+    96 + concurrent_requests * (body_mib + 4)
+}
+
+/// GATEWAY_MAX_CONCURRENT_REQUESTS hostile bodies at once, each an array of
+/// four million zeros just under the 8 MiB body limit: each is refused (413,
+/// too many readings) without the array being built, the gateway's peak
+/// memory stays under the stated bound, and it answers afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_arrays_at_the_concurrency_limit_stay_within_the_stated_memory() {
+    const CONCURRENT: usize = 16;
+    let kafka = MockKafka::start(&[(TOPIC, 1)]);
+    let wiring = Wiring::new(String::new(), kafka.bootstrap());
+    let (gateway, url) = wiring
+        .start_gateway(&[("GATEWAY_MAX_CONCURRENT_REQUESTS", CONCURRENT.to_string())])
+        .await;
+    let body = format!("[{}0]", "0,".repeat(4_190_000));
+    assert!(body.len() < 8 * 1024 * 1024);
+    let client = reqwest::Client::new();
+    let requests = (0..CONCURRENT).map(|_| {
+        client
+            .post(format!("{url}/v1/ingest"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    });
+    for response in futures::future::join_all(requests).await {
+        let response = response.unwrap();
+        assert_eq!(response.status().as_u16(), 413);
+    }
+    let peak_mib = gateway.peak_rss_kib().expect("gateway peak RSS") / 1024;
+    eprintln!("gateway peak RSS {peak_mib} MiB");
+    let bound = gateway_memory_bound_mib(CONCURRENT as u64, 8);
+    assert!(
+        peak_mib < bound,
+        "gateway peak RSS {peak_mib} MiB, bound {bound} MiB"
+    );
+
+    let reading = test_support::readings::vehicle(
+        "STILL-HERE",
+        chrono::Utc::now() - chrono::TimeDelta::minutes(1),
+        50.0,
+        1.0,
+        20.0,
+    );
+    let answer = test_support::http::ingest(&url, "application/json", reading.to_string()).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+}
