@@ -22,6 +22,10 @@ impl Broker {
         let mut args = vec![
             "--bootstrap-file".to_owned(),
             bootstrap_file.display().to_string(),
+            // The harness pre-fills topics before any worker runs, with
+            // partitions sized to hold them: no backlog guard.
+            "--guard-group".to_owned(),
+            "none".to_owned(),
         ];
         for (name, partitions) in topics {
             args.push("--topic".to_owned());

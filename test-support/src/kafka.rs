@@ -270,6 +270,16 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
 
 /// The end offset (high watermark) of each partition of `topic`.
 pub fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
+    watermarks(bootstrap, topic)
+        .into_iter()
+        .map(|(partition, (_, high))| (partition, high))
+        .collect()
+}
+
+/// The (low, high) watermarks of each partition of `topic`: the oldest
+/// offset still held and the next one to be written. A low watermark above
+/// zero means the broker has dropped the partition's oldest messages.
+pub fn watermarks(bootstrap: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "test-watermarks")
@@ -282,10 +292,10 @@ pub fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
         .partitions()
         .iter()
         .map(|p| {
-            let (_, high) = consumer
+            let watermarks = consumer
                 .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
                 .expect("watermarks");
-            (p.id(), high)
+            (p.id(), watermarks)
         })
         .collect()
 }
