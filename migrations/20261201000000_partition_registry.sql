@@ -7,11 +7,11 @@
 --   granularity   'day' (history: a partition per UTC day of recorded_at) or
 --                 'month' (rollups: a partition per UTC month of hour_end);
 --   retention     'readings' (RETENTION_DAYS) or 'rollups' (ROLLUP_RETENTION_DAYS);
---   keyed_by_hour_end  the partition key is a rollup hour's end: a reading
---                 late on day D lands in the hour ending at D+1 00:00, so the
---                 rows of readings of days first..last need partitions
---                 through last + 1;
---   rollup_table  for a history table, the rollups that summarise its rows.
+--   bucket_end    for a rollup table, its key column: the end of a bucket
+--                 (an hour, five minutes). A reading late on day D lands in
+--                 the bucket ending at D+1 00:00, so the rows of readings of
+--                 days first..last need partitions through last + 1;
+--   summarises    for a rollup table, the history table it summarises.
 --
 -- Locks. `CREATE TABLE .. PARTITION OF` and `DROP TABLE` of a partition take
 -- ACCESS EXCLUSIVE on the parent: behind a long query they wait, and every
@@ -29,18 +29,19 @@
 -- that was dropped (by hand, or by a worker whose clock ran ahead):
 -- keeping it would count again the readings that are sent once more.
 CREATE TABLE energy_partitioned_tables (
-    parent            text    PRIMARY KEY,
-    granularity       text    NOT NULL CHECK (granularity IN ('day', 'month')),
-    retention         text    NOT NULL CHECK (retention IN ('readings', 'rollups')),
-    keyed_by_hour_end boolean NOT NULL,
-    rollup_table      text    REFERENCES energy_partitioned_tables (parent)
+    parent      text PRIMARY KEY,
+    granularity text NOT NULL CHECK (granularity IN ('day', 'month')),
+    retention   text NOT NULL CHECK (retention IN ('readings', 'rollups')),
+    bucket_end  text,
+    summarises  text REFERENCES energy_partitioned_tables (parent),
+    CHECK ((bucket_end IS NULL) = (summarises IS NULL))
 );
 
-INSERT INTO energy_partitioned_tables (parent, granularity, retention, keyed_by_hour_end, rollup_table) VALUES
-    ('vehicle_hourly', 'month', 'rollups', true, NULL),
-    ('meter_hourly', 'month', 'rollups', true, NULL),
-    ('vehicle_readings', 'day', 'readings', false, 'vehicle_hourly'),
-    ('meter_readings', 'day', 'readings', false, 'meter_hourly');
+INSERT INTO energy_partitioned_tables (parent, granularity, retention, bucket_end, summarises) VALUES
+    ('vehicle_readings', 'day', 'readings', NULL, NULL),
+    ('meter_readings', 'day', 'readings', NULL, NULL),
+    ('vehicle_hourly', 'month', 'rollups', 'hour_end', 'vehicle_readings'),
+    ('meter_hourly', 'month', 'rollups', 'hour_end', 'meter_readings');
 
 -- The list is the partition functions' allow-list: the writer reads it and
 -- cannot extend it (the default privileges of the roles migration would
@@ -82,6 +83,7 @@ CREATE FUNCTION energy_ensure_partitions(parent text, first_day date, last_day d
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     spec public.energy_partitioned_tables%ROWTYPE;
+    rollup public.energy_partitioned_tables%ROWTYPE;
     lo date;
     hi date;
     child text;
@@ -93,7 +95,7 @@ BEGIN
         RAISE EXCEPTION 'energy_ensure_partitions: % days at once is more than 4000', last_day - first_day
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
-    IF spec.keyed_by_hour_end THEN
+    IF spec.bucket_end IS NOT NULL THEN
         last_day := last_day + 1;
     END IF;
     lo := CASE WHEN spec.granularity = 'month'
@@ -113,11 +115,15 @@ BEGIN
                 EXECUTE pg_catalog.format(
                     'ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                     parent, child, lo::timestamp AT TIME ZONE 'UTC', hi::timestamp AT TIME ZONE 'UTC');
-                IF spec.rollup_table IS NOT NULL THEN
+                FOR rollup IN
+                    SELECT * FROM public.energy_partitioned_tables r
+                    WHERE r.summarises = energy_ensure_partitions.parent
+                LOOP
                     EXECUTE pg_catalog.format(
-                        'DELETE FROM %I WHERE hour_end > %L AND hour_end <= %L',
-                        spec.rollup_table, lo::timestamp AT TIME ZONE 'UTC', hi::timestamp AT TIME ZONE 'UTC');
-                END IF;
+                        'DELETE FROM %I WHERE %I > %L AND %I <= %L',
+                        rollup.parent, rollup.bucket_end, lo::timestamp AT TIME ZONE 'UTC',
+                        rollup.bucket_end, hi::timestamp AT TIME ZONE 'UTC');
+                END LOOP;
                 created := created + 1;
             EXCEPTION
                 WHEN duplicate_table OR invalid_object_definition THEN

@@ -157,6 +157,15 @@ pub async fn derive_rollups_and_current_state(pool: &PgPool) -> anyhow::Result<(
          SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac),
                 min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)
          FROM meter_readings GROUP BY 1, 2",
+        "INSERT INTO vehicle_5min (vehicle_id, bucket_end, readings, sum_dc, sum_battery_temp)
+         SELECT vehicle_id, energy_bucket_end(recorded_at, interval '5 minutes'), count(*), sum(kwh_delivered_dc),
+                sum(battery_temp)
+         FROM vehicle_readings GROUP BY 1, 2",
+        "INSERT INTO meter_5min
+             (meter_id, bucket_end, readings, sum_ac, min_ac, max_ac, sum_voltage, min_voltage, max_voltage)
+         SELECT meter_id, energy_bucket_end(recorded_at, interval '5 minutes'), count(*), sum(kwh_consumed_ac),
+                min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)
+         FROM meter_readings GROUP BY 1, 2",
         "INSERT INTO vehicles_current (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)
          SELECT DISTINCT ON (vehicle_id) vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp
          FROM vehicle_readings ORDER BY vehicle_id, recorded_at DESC",

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use fleet_sim::fleet::FleetSpec;
-use query_api::performance::PERFORMANCE_SQL;
+use query_api::performance;
+use query_api::sql::Sources;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::fresh_database;
 use test_support::process::{wait_until_ok, Service};
@@ -129,13 +130,14 @@ impl Request {
                 response.bytes().await?;
             }
             Approach::ServiceSql | Approach::RawSql => {
-                let sql = if self.approach == Approach::ServiceSql {
-                    PERFORMANCE_SQL
-                } else {
-                    RAW_PERFORMANCE_SQL
-                };
                 let to = Utc::now();
-                figures(&self.pool, sql, id, to - TimeDelta::hours(24), to).await;
+                let from = to - TimeDelta::hours(24);
+                let sql = if self.approach == Approach::ServiceSql {
+                    performance::sql(&Sources::for_window(from, to))
+                } else {
+                    RAW_PERFORMANCE_SQL.to_owned()
+                };
+                figures(&self.pool, &sql, id, from, to).await;
             }
         }
         Ok(())

@@ -243,8 +243,9 @@ async fn prepare_partitions_until_done(
 }
 
 /// The background upkeep, at once and then every `interval`: creates the
-/// days ahead, drops expired ones; whatever fails or is deferred is tried
-/// again at the next round.
+/// days ahead, drops expired ones, refreshes the statistics of the days
+/// being filled; whatever fails or is deferred is tried again at the next
+/// round.
 async fn keep_partitions(
     pool: sqlx::PgPool,
     partitions: Arc<Partitions>,
@@ -264,6 +265,10 @@ async fn keep_partitions(
                 }
                 if let Err(error) = partitions.drop_expired(&pool, today).await {
                     tracing::warn!(error = %format!("{error:#}"), "dropping expired partitions failed; will try again");
+                }
+                let yesterday = today - chrono::Days::new(1);
+                if let Err(error) = partitions.analyze_days(&pool, yesterday, today).await {
+                    tracing::warn!(error = %format!("{error:#}"), "refreshing statistics failed; will try again");
                 }
             }
         }

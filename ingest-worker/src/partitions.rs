@@ -77,14 +77,9 @@ struct Partitioned {
 }
 
 async fn partitioned_tables(pool: &PgPool) -> Result<Vec<Partitioned>, sqlx::Error> {
-    // Rollup tables first: a history day created after them empties its
-    // rollup hours in a partition that exists.
-    sqlx::query_as(
-        "SELECT parent, retention FROM energy_partitioned_tables
-         ORDER BY rollup_table IS NOT NULL, parent",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT parent, retention FROM energy_partitioned_tables ORDER BY parent")
+        .fetch_all(pool)
+        .await
 }
 
 impl Partitions {
@@ -196,6 +191,26 @@ impl Partitions {
         let mut through = self.ensured_through();
         *through = Some(through.map_or(last, |known| known.max(last)));
         Ok(())
+    }
+
+    /// Refreshes the planner's statistics of the partitions holding days
+    /// `first..=last` (history and rollups): the days being filled, so a
+    /// day a backlog filled is planned well before autovacuum's next round.
+    /// Returns how many partitions it analysed.
+    pub async fn analyze_days(
+        &self,
+        pool: &PgPool,
+        first: NaiveDate,
+        last: NaiveDate,
+    ) -> Result<i64, UpkeepError> {
+        let mut tx = self.with_lock_timeout(pool).await?;
+        let analysed: i32 = sqlx::query_scalar("SELECT energy_analyze_partitions($1, $2)")
+            .bind(first)
+            .bind(last)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(i64::from(analysed))
     }
 
     /// A transaction whose statements wait at most `lock_timeout` for a lock.

@@ -1,9 +1,9 @@
-//! Hourly rollups, kept in the same transaction as the history rows they
-//! summarise, counting each stored reading exactly once. What each stream's
-//! rollup keeps is described in [`crate::stream`].
+//! Rollups (hourly and five-minute), kept in the same transaction as the
+//! history rows they summarise, counting each stored reading exactly once.
+//! What each stream's rollups keep is described in [`crate::stream`].
 //!
-//! A rollup row covers the half-open hour `(hour_end - 1h, hour_end]`, the
-//! shape of analytics windows `(from, to]` (see `energy_hour_end` in the
+//! A rollup row covers the half-open bucket `(end - width, end]`, the shape
+//! of analytics windows `(from, to]` (see `energy_bucket_end` in the
 //! migrations, which this module mirrors). On the fast path every row of
 //! the batch was stored, so the batch is aggregated here; on the duplicate
 //! path the aggregate is taken in SQL from the rows the INSERT returned
@@ -19,14 +19,19 @@ use crate::stream::{Stream, StreamReading};
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
-/// The end of the rollup hour that holds `at`.
-pub fn hour_end(at: EventTime) -> DateTime<Utc> {
+/// The end of the bucket of `width_micros` that holds `at`.
+pub fn bucket_end(at: EventTime, width_micros: i64) -> DateTime<Utc> {
     let micros = at.instant().timestamp_micros();
-    let end = (micros - 1).div_euclid(HOUR_MICROS) * HOUR_MICROS + HOUR_MICROS;
+    let end = (micros - 1).div_euclid(width_micros) * width_micros + width_micros;
     DateTime::from_timestamp_micros(end).unwrap_or(at.instant())
 }
 
-/// One device's hour of a batch: its count and one value per rollup column.
+/// The end of the rollup hour that holds `at`.
+pub fn hour_end(at: EventTime) -> DateTime<Utc> {
+    bucket_end(at, HOUR_MICROS)
+}
+
+/// One device's bucket of a batch: its count and one value per rollup column.
 struct Hour {
     readings: i64,
     values: Vec<f64>,
@@ -52,10 +57,10 @@ impl Hour {
     }
 }
 
-/// Adds the hours of `rows` (all of them stored by this transaction) to the
-/// stream's rollup. Keys are sorted so concurrent transactions lock rollup
-/// rows in one order.
-pub async fn add_hours<R: StreamReading>(
+/// Adds `rows` (all of them stored by this transaction) to every level of
+/// the stream's rollups. Keys are sorted so concurrent transactions lock
+/// rollup rows in one order.
+pub async fn add_rollups<R: StreamReading>(
     conn: &mut PgConnection,
     rows: &[&R],
 ) -> Result<(), sqlx::Error> {
@@ -63,22 +68,37 @@ pub async fn add_hours<R: StreamReading>(
         return Ok(());
     }
     let stream = R::STREAM;
-    let mut hours: BTreeMap<(&DeviceId, DateTime<Utc>), Hour> = BTreeMap::new();
-    for row in rows {
-        hours
-            .entry((row.device(), hour_end(row.recorded_at())))
-            .or_insert_with(|| Hour::new(stream))
-            .add(*row);
+    for level in stream.levels {
+        let mut buckets: BTreeMap<(&DeviceId, DateTime<Utc>), Hour> = BTreeMap::new();
+        for row in rows {
+            buckets
+                .entry((
+                    row.device(),
+                    bucket_end(row.recorded_at(), level.width_micros),
+                ))
+                .or_insert_with(|| Hour::new(stream))
+                .add(*row);
+        }
+        let statement = stream.rollup_upsert(level);
+        let mut query = sqlx::query(&statement)
+            .bind(
+                buckets
+                    .keys()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(buckets.keys().map(|(_, end)| *end).collect::<Vec<_>>())
+            .bind(buckets.values().map(|h| h.readings).collect::<Vec<_>>());
+        for index in 0..stream.rollups.len() {
+            query = query.bind(
+                buckets
+                    .values()
+                    .map(|h| h.values[index])
+                    .collect::<Vec<_>>(),
+            );
+        }
+        query.execute(&mut *conn).await?;
     }
-    let statement = stream.hourly_upsert();
-    let mut query = sqlx::query(&statement)
-        .bind(hours.keys().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-        .bind(hours.keys().map(|(_, end)| *end).collect::<Vec<_>>())
-        .bind(hours.values().map(|h| h.readings).collect::<Vec<_>>());
-    for index in 0..stream.rollups.len() {
-        query = query.bind(hours.values().map(|h| h.values[index]).collect::<Vec<_>>());
-    }
-    query.execute(conn).await?;
     Ok(())
 }
 
@@ -103,5 +123,11 @@ mod tests {
             "2026-11-29T11:00:00+00:00"
         );
         assert_eq!(end("1999-12-31T23:30:00Z"), "2000-01-01T00:00:00+00:00");
+        let five = |raw| bucket_end(at(raw), 300_000_000).to_rfc3339();
+        assert_eq!(five("2026-11-29T10:05:00Z"), "2026-11-29T10:05:00+00:00");
+        assert_eq!(
+            five("2026-11-29T10:05:00.000001Z"),
+            "2026-11-29T10:10:00+00:00"
+        );
     }
 }

@@ -215,7 +215,7 @@ async fn write_history<R: StreamReading>(
         HistoryPath::Direct => {
             let stored =
                 copy_binary(conn, &stream.copy_statement(stream.history), copy_data).await?;
-            rollup::add_hours(conn, rows).await?;
+            rollup::add_rollups(conn, rows).await?;
             Ok(stored)
         }
         HistoryPath::Staged => {

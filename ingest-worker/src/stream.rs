@@ -1,5 +1,5 @@
 //! The history streams, each described once: its tables, its measured
-//! columns, what its hourly rollup keeps, and how a reading gives its
+//! columns, its rollup levels and what they keep, and how a reading gives its
 //! values. COPY encoding ([`crate::copy`]), rollups ([`crate::rollup`]) and
 //! the transaction ([`crate::store`]) are written once against this
 //! description, so adding a measured field is one edit here (and a
@@ -56,7 +56,7 @@ impl Aggregate {
     }
 }
 
-/// One column of a stream's hourly rollup besides the reading count.
+/// One column of a stream's rollups besides the reading count.
 #[derive(Debug)]
 pub struct RollupColumn {
     pub column: &'static str,
@@ -65,13 +65,33 @@ pub struct RollupColumn {
     pub aggregate: Aggregate,
 }
 
+/// One level of a stream's rollups: buckets of `width`, each the
+/// half-open interval `(end - width, end]`.
+#[derive(Debug)]
+pub struct RollupLevel {
+    pub table: &'static str,
+    /// The key column holding a bucket's end.
+    pub end_column: &'static str,
+    pub width_micros: i64,
+    /// The width as an SQL interval literal.
+    pub width_sql: &'static str,
+}
+
+/// Whole hours, kept `ROLLUP_RETENTION_DAYS`: what long windows and the
+/// fleet view sum.
+const HOUR_MICROS: i64 = 3_600_000_000;
+/// Five minutes, kept as long as raw readings: a window's edge hours are
+/// read from them, so at most five minutes at each edge come from raw
+/// readings, however often a device reports.
+const FIVE_MINUTES_MICROS: i64 = 300_000_000;
+
 /// One history stream.
 #[derive(Debug)]
 pub struct Stream {
     /// History, day-partitioned, keyed (device, recorded_at).
     pub history: &'static str,
-    /// Hourly rollups, month-partitioned, keyed (device, hour_end).
-    pub hourly: &'static str,
+    /// Its rollups, coarsest first; each level keeps the same columns.
+    pub levels: &'static [RollupLevel],
     /// Current state: one row per device, its newest reading.
     pub current: &'static str,
     /// The device id column of all three.
@@ -85,7 +105,20 @@ pub struct Stream {
 
 pub const VEHICLES: Stream = Stream {
     history: "vehicle_readings",
-    hourly: "vehicle_hourly",
+    levels: &[
+        RollupLevel {
+            table: "vehicle_hourly",
+            end_column: "hour_end",
+            width_micros: HOUR_MICROS,
+            width_sql: "1 hour",
+        },
+        RollupLevel {
+            table: "vehicle_5min",
+            end_column: "bucket_end",
+            width_micros: FIVE_MINUTES_MICROS,
+            width_sql: "5 minutes",
+        },
+    ],
     current: "vehicles_current",
     device: "vehicle_id",
     fields: &["soc", "kwh_delivered_dc", "battery_temp"],
@@ -105,7 +138,20 @@ pub const VEHICLES: Stream = Stream {
 
 pub const METERS: Stream = Stream {
     history: "meter_readings",
-    hourly: "meter_hourly",
+    levels: &[
+        RollupLevel {
+            table: "meter_hourly",
+            end_column: "hour_end",
+            width_micros: HOUR_MICROS,
+            width_sql: "1 hour",
+        },
+        RollupLevel {
+            table: "meter_5min",
+            end_column: "bucket_end",
+            width_micros: FIVE_MINUTES_MICROS,
+            width_sql: "5 minutes",
+        },
+    ],
     current: "meters_current",
     device: "meter_id",
     fields: &["kwh_consumed_ac", "voltage"],
@@ -210,41 +256,42 @@ impl Stream {
         )
     }
 
-    fn rollup_columns(&self) -> String {
-        let mut columns = vec![self.device, "hour_end", "readings"];
+    fn rollup_columns(&self, level: &RollupLevel) -> String {
+        let mut columns = vec![self.device, level.end_column, "readings"];
         columns.extend(self.rollups.iter().map(|r| r.column));
         columns.join(", ")
     }
 
-    /// `ON CONFLICT` clause adding a batch's hour to what is stored.
-    fn rollup_merge(&self) -> String {
+    /// `ON CONFLICT` clause adding a batch's bucket to what is stored.
+    fn rollup_merge(&self, level: &RollupLevel) -> String {
         let mut sets = vec!["readings = h.readings + EXCLUDED.readings".to_owned()];
         sets.extend(self.rollups.iter().map(|r| r.aggregate.sql_merge(r.column)));
         format!(
-            "ON CONFLICT ({}, hour_end) DO UPDATE SET {}",
+            "ON CONFLICT ({}, {}) DO UPDATE SET {}",
             self.device,
+            level.end_column,
             sets.join(", ")
         )
     }
 
-    /// Adds hours aggregated in Rust: `$1` devices, `$2` hour ends, `$3`
-    /// counts, then one float8 array per rollup column.
-    pub fn hourly_upsert(&self) -> String {
+    /// Adds buckets aggregated in Rust to `level`: `$1` devices, `$2` bucket
+    /// ends, `$3` counts, then one float8 array per rollup column.
+    pub fn rollup_upsert(&self, level: &RollupLevel) -> String {
         format!(
             "INSERT INTO {} AS h ({}) SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], {}) {}",
-            self.hourly,
-            self.rollup_columns(),
+            level.table,
+            self.rollup_columns(level),
             float8_arrays(4, self.rollups.len()),
-            self.rollup_merge()
+            self.rollup_merge(level)
         )
     }
 
     /// Inserts the rows of `staging` that are not stored yet and rolls up
-    /// exactly those (so a duplicate never counts twice); returns how many
-    /// it inserted. Rollup rows are locked in byte order of the device id,
-    /// the order the direct path sorts them in Rust, whatever the
-    /// database's collation: two workers taking the two paths over the same
-    /// devices cannot deadlock.
+    /// exactly those, at every level (so a duplicate never counts twice);
+    /// returns how many it inserted. Rollup rows are locked in byte order
+    /// of the device id, the order the direct path sorts them in Rust,
+    /// whatever the database's collation: two workers taking the two paths
+    /// over the same devices cannot deadlock.
     pub fn staged_insert(&self, staging: &str) -> String {
         let columns = self.history_columns();
         let aggregates: Vec<String> = self
@@ -252,24 +299,36 @@ impl Stream {
             .iter()
             .map(|r| format!("{}({})", r.aggregate.sql_function(), self.fields[r.field]))
             .collect();
+        let rolled: Vec<String> = self
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(i, level)| {
+                format!(
+                    "rolled_{i} AS (
+                 INSERT INTO {table} AS h ({rollup_columns})
+                 SELECT {device}, energy_bucket_end(recorded_at, interval '{width}'), count(*), {aggregates}
+                 FROM inserted GROUP BY 1, 2 ORDER BY {device} COLLATE \"C\", 2
+                 {merge}
+             )",
+                    table = level.table,
+                    rollup_columns = self.rollup_columns(level),
+                    device = self.device,
+                    width = level.width_sql,
+                    aggregates = aggregates.join(", "),
+                    merge = self.rollup_merge(level),
+                )
+            })
+            .collect();
         format!(
             "WITH inserted AS (
                  INSERT INTO {history} ({columns}) SELECT {columns} FROM {staging}
                  ON CONFLICT DO NOTHING
                  RETURNING {columns}
-             ), rolled AS (
-                 INSERT INTO {hourly} AS h ({rollup_columns})
-                 SELECT {device}, energy_hour_end(recorded_at), count(*), {aggregates}
-                 FROM inserted GROUP BY 1, 2 ORDER BY {device} COLLATE \"C\", 2
-                 {merge}
-             )
+             ), {rolled}
              SELECT count(*) FROM inserted",
             history = self.history,
-            hourly = self.hourly,
-            device = self.device,
-            rollup_columns = self.rollup_columns(),
-            aggregates = aggregates.join(", "),
-            merge = self.rollup_merge(),
+            rolled = rolled.join(", "),
         )
     }
 
@@ -303,6 +362,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_level_divides_the_next_coarser_one_and_a_day() {
+        for stream in [&VEHICLES, &METERS] {
+            for pair in stream.levels.windows(2) {
+                assert_eq!(pair[0].width_micros % pair[1].width_micros, 0);
+            }
+            for level in stream.levels {
+                assert_eq!(86_400_000_000 % level.width_micros, 0, "{}", level.table);
+            }
+        }
+    }
+
+    #[test]
     fn every_rollup_folds_a_field_of_its_stream() {
         for stream in [&VEHICLES, &METERS] {
             for rollup in stream.rollups {
@@ -318,16 +389,23 @@ mod tests {
             "COPY meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage) FROM STDIN (FORMAT binary)"
         );
         assert_eq!(
-            VEHICLES.hourly_upsert(),
+            VEHICLES.rollup_upsert(&VEHICLES.levels[0]),
             "INSERT INTO vehicle_hourly AS h (vehicle_id, hour_end, readings, sum_dc, sum_battery_temp) \
              SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::float8[], $5::float8[]) \
              ON CONFLICT (vehicle_id, hour_end) DO UPDATE SET readings = h.readings + EXCLUDED.readings, \
              sum_dc = h.sum_dc + EXCLUDED.sum_dc, sum_battery_temp = h.sum_battery_temp + EXCLUDED.sum_battery_temp"
         );
         let staged = METERS.staged_insert("meter_readings_staging");
+        for level in METERS.levels {
+            assert!(staged.contains(&format!(
+                "INSERT INTO {} AS h (meter_id, {}, readings, sum_ac",
+                level.table, level.end_column
+            )));
+        }
         assert!(staged.contains(
-            "SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac), \
-             min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)"
+            "SELECT meter_id, energy_bucket_end(recorded_at, interval '5 minutes'), count(*), \
+             sum(kwh_consumed_ac), min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), \
+             max(voltage)"
         ));
         assert!(staged.contains("max_voltage = GREATEST(h.max_voltage, EXCLUDED.max_voltage)"));
     }

@@ -1,10 +1,29 @@
 //! The figures every analytics answer reports (one window, one bucket, one
 //! vehicle of the fleet): DC against AC, efficiency, and the health band
-//! efficiency puts a vehicle in.
+//! efficiency puts a vehicle in; and the precision answers report them in.
+//!
+//! Sums are computed exactly (in float8, from rollups and raw readings) and
+//! rounded only when answered: energy to the watt-hour (three decimals of
+//! kWh, what a meter shows and a bill counts), temperatures and voltages to
+//! two decimals, efficiency to two decimals from the unrounded sums.
 
 use serde::Serialize;
 
 use crate::error::ApiError;
+
+/// Energy as answered: kWh to the watt-hour.
+pub fn kwh(value: f64) -> f64 {
+    round_to(value, 1_000.0)
+}
+
+/// Temperatures (°C) and voltages (V) as answered: two decimals.
+pub fn hundredths(value: f64) -> f64 {
+    round_to(value, 100.0)
+}
+
+fn round_to(value: f64, scale: f64) -> f64 {
+    (value * scale).round() / scale
+}
 
 /// DC against AC over some interval: the figures every analytics answer
 /// (one window, one bucket, one vehicle of the fleet) reports, in the
@@ -12,12 +31,15 @@ use crate::error::ApiError;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Charging {
+    /// kWh, to the watt-hour (3 decimals).
     #[serde(rename = "sumDC")]
     pub sum_dc: f64,
+    /// kWh, to the watt-hour (3 decimals).
     #[serde(rename = "sumAC")]
     pub sum_ac: f64,
-    /// 100 × DC / AC rounded to 2 decimals; `null` when no AC was drawn.
+    /// 100 × DC / AC of the unrounded sums, to 2 decimals; `null` when no AC was drawn.
     pub efficiency: Option<f64>,
+    /// °C, to 2 decimals.
     pub avg_battery_temp: Option<f64>,
     pub vehicle_readings: i64,
     pub meter_readings: i64,
@@ -32,10 +54,10 @@ impl Charging {
         sum_ac: f64,
     ) -> Self {
         Self {
-            sum_dc,
-            sum_ac,
+            sum_dc: kwh(sum_dc),
+            sum_ac: kwh(sum_ac),
             efficiency: efficiency(sum_dc, sum_ac),
-            avg_battery_temp,
+            avg_battery_temp: avg_battery_temp.map(hundredths),
             vehicle_readings,
             meter_readings,
         }
@@ -44,7 +66,7 @@ impl Charging {
 
 /// 100 × DC / AC rounded to 2 decimals; `None` when no AC was drawn.
 pub fn efficiency(sum_dc: f64, sum_ac: f64) -> Option<f64> {
-    (sum_ac > 0.0).then(|| (100.0 * sum_dc / sum_ac * 100.0).round() / 100.0)
+    (sum_ac > 0.0).then(|| hundredths(100.0 * sum_dc / sum_ac))
 }
 
 /// Where a vehicle's efficiency puts it.
@@ -94,6 +116,21 @@ impl Thresholds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_are_answered_without_binary_tails() {
+        let charging = Charging::new(3, 0.1 + 0.2 + 11.3812, Some(26.236666), 3, 15.0);
+        assert_eq!(charging.sum_dc, 11.681);
+        assert_eq!(
+            serde_json::to_value(&charging).unwrap()["sumDC"],
+            serde_json::json!(11.681)
+        );
+        assert_eq!(charging.avg_battery_temp, Some(26.24));
+        // Efficiency from the unrounded sums: 100 × 11.6812 / 15 = 77.874…
+        assert_eq!(charging.efficiency, Some(77.87));
+        assert_eq!(kwh(0.0004999), 0.0);
+        assert_eq!(kwh(2.0005), 2.001);
+    }
 
     #[test]
     fn bands() {

@@ -22,44 +22,52 @@ use shared::wire::format_timestamp;
 use crate::charging::{Charging, Health, Thresholds};
 use crate::error::ApiError;
 use crate::params::QueryParams;
+use crate::sql::{with_named_partitions, PieceRows, Sources};
 use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1_000;
 
-/// `$1`/`$2`: the window.
-pub const FLEET_SQL: &str = concat!(
-    "WITH ",
-    crate::sql::window_cut_cte!("$1", "$2", "true"),
-    ",
+/// The fleet query, reading from `sources`; `$1`/`$2`: the window. Every
+/// vehicle's pieces are read by time (BRIN on raw readings at the window's
+/// edges, B-trees on the bucket ends), then each reporting vehicle's meter
+/// spans by key.
+pub fn sql(sources: &Sources) -> String {
+    let vehicle_rows = PieceRows {
+        raw: &sources.vehicle_raw,
+        five: &sources.vehicle_5min,
+        hourly: &sources.vehicle_hourly,
+        cut: "window_cut",
+        device: "true",
+        raw_columns:
+            "x.vehicle_id, 1::bigint AS n, x.kwh_delivered_dc AS dc, x.battery_temp AS temp",
+        bucket_columns: "x.vehicle_id, x.readings, x.sum_dc, x.sum_battery_temp",
+    }
+    .union_all();
+    format!(
+        "WITH {window_cut},
 vehicle_parts AS (
-    SELECT r.vehicle_id, 1::bigint AS n, r.kwh_delivered_dc AS dc, r.battery_temp AS temp
-    FROM window_cut c JOIN vehicle_readings r ON r.recorded_at > $1 AND r.recorded_at <= c.head_hi
-    UNION ALL
-    SELECT r.vehicle_id, 1, r.kwh_delivered_dc, r.battery_temp
-    FROM window_cut c JOIN vehicle_readings r ON r.recorded_at > c.tail_lo AND r.recorded_at <= $2
-    UNION ALL
-    SELECT h.vehicle_id, h.readings, h.sum_dc, h.sum_battery_temp
-    FROM window_cut c JOIN vehicle_hourly h ON h.hour_end > c.a AND h.hour_end <= c.b
+    {vehicle_rows}
 ),
 fleet AS (
     SELECT vehicle_id, sum(n)::bigint AS n, sum(dc) AS dc, sum(temp) AS temp
     FROM vehicle_parts GROUP BY vehicle_id
 ),
 wanted AS (SELECT vehicle_id FROM fleet WHERE n > 0),
-",
-    crate::sql::spans_cte!("$1", "$2"),
-    ",\n",
-    crate::sql::meter_cut_cte!("$1", "$2", "true"),
-    ",\n",
-    crate::sql::meter_pieces_cte!(),
-    ",
+{spans},
+{meter_cut},
+{meter_pieces},
 meters AS (SELECT vehicle_id, sum(n)::bigint AS n, sum(ac) AS ac FROM meter_pieces GROUP BY vehicle_id)
 SELECT f.vehicle_id, f.n AS vehicle_readings, f.dc AS sum_dc, f.temp / f.n AS avg_battery_temp,
        coalesce(m.n, 0)::bigint AS meter_readings, coalesce(m.ac, 0) AS sum_ac
 FROM fleet f LEFT JOIN meters m USING (vehicle_id)
-WHERE f.n > 0"
-);
+WHERE f.n > 0",
+        window_cut = crate::sql::window_cut_cte("$1", "$2", "true"),
+        spans = crate::sql::spans_cte("$1", "$2"),
+        meter_cut = crate::sql::meter_cut_cte("$1", "$2", "true"),
+        meter_pieces = crate::sql::meter_pieces_cte(sources),
+    )
+}
 
 #[derive(sqlx::FromRow)]
 struct FleetRow {
@@ -159,11 +167,18 @@ pub async fn fleet(
     let limit = limit(&params)?;
     let after = params.get("cursor").map(decode_cursor).transpose()?;
 
-    let rows: Vec<FleetRow> = sqlx::query_as(FLEET_SQL)
-        .bind(window.from)
-        .bind(window.to)
-        .fetch_all(&state.pool)
-        .await?;
+    let rows: Vec<FleetRow> = with_named_partitions(window, |sources| {
+        let statement = sql(sources);
+        let pool = &state.pool;
+        async move {
+            sqlx::query_as(&statement)
+                .bind(window.from)
+                .bind(window.to)
+                .fetch_all(pool)
+                .await
+        }
+    })
+    .await?;
     let mut vehicles: Vec<FleetVehicle> = rows
         .into_iter()
         .map(|row| {

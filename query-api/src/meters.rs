@@ -1,6 +1,6 @@
 //! `GET /v1/meters/{id}/analytics`: a meter's energy and voltage statistics
-//! over a window `(from, to]`, from hourly rollups for the whole hours and
-//! raw readings for the partial hours at the edges.
+//! over a window `(from, to]`, from rollups for whole hours and five
+//! minutes and raw readings for the partial five minutes at the edges.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -8,36 +8,39 @@ use axum::Json;
 use serde::Serialize;
 use shared::wire::format_timestamp;
 
+use crate::charging::{hundredths, kwh};
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
+use crate::sql::{with_named_partitions, PieceRows, Sources};
 use crate::state::AppState;
 
-/// The window cut at whole hours exactly as in [`crate::performance`].
-pub const METER_STATS_SQL: &str = concat!(
-    "WITH ",
-    crate::sql::window_cut_cte!("$2", "$3", "true"),
-    ",
+/// The meter statistics query, reading from `sources`: the window cut as
+/// in [`crate::performance`]. `$1` meter, `$2`/`$3` window.
+pub fn sql(sources: &Sources) -> String {
+    let rows = PieceRows {
+        raw: &sources.meter_raw,
+        five: &sources.meter_5min,
+        hourly: &sources.meter_hourly,
+        cut: "window_cut",
+        device: "x.meter_id = $1",
+        raw_columns: "1::bigint AS n, x.kwh_consumed_ac AS sum_ac, x.kwh_consumed_ac AS min_ac, \
+                      x.kwh_consumed_ac AS max_ac, x.voltage AS sum_voltage, x.voltage AS min_voltage, \
+                      x.voltage AS max_voltage",
+        bucket_columns: "x.readings, x.sum_ac, x.min_ac, x.max_ac, x.sum_voltage, x.min_voltage, x.max_voltage",
+    }
+    .union_all();
+    format!(
+        "WITH {window_cut},
 parts AS (
-    SELECT count(*) AS n, coalesce(sum(m.kwh_consumed_ac), 0) AS sum_ac,
-           min(m.kwh_consumed_ac) AS min_ac, max(m.kwh_consumed_ac) AS max_ac,
-           coalesce(sum(m.voltage), 0) AS sum_voltage, min(m.voltage) AS min_voltage, max(m.voltage) AS max_voltage
-    FROM window_cut c JOIN meter_readings m
-      ON m.meter_id = $1 AND m.recorded_at > $2 AND m.recorded_at <= c.head_hi
-    UNION ALL
-    SELECT count(*), coalesce(sum(m.kwh_consumed_ac), 0), min(m.kwh_consumed_ac), max(m.kwh_consumed_ac),
-           coalesce(sum(m.voltage), 0), min(m.voltage), max(m.voltage)
-    FROM window_cut c JOIN meter_readings m
-      ON m.meter_id = $1 AND m.recorded_at > c.tail_lo AND m.recorded_at <= $3
-    UNION ALL
-    SELECT coalesce(sum(h.readings), 0), coalesce(sum(h.sum_ac), 0), min(h.min_ac), max(h.max_ac),
-           coalesce(sum(h.sum_voltage), 0), min(h.min_voltage), max(h.max_voltage)
-    FROM window_cut c JOIN meter_hourly h
-      ON h.meter_id = $1 AND h.hour_end > c.a AND h.hour_end <= c.b
+    {rows}
 )
-SELECT sum(n)::bigint AS readings, sum(sum_ac) AS sum_ac, min(min_ac) AS min_ac, max(max_ac) AS max_ac,
-       sum(sum_voltage) AS sum_voltage, min(min_voltage) AS min_voltage, max(max_voltage) AS max_voltage
-FROM parts"
-);
+SELECT coalesce(sum(n), 0)::bigint AS readings, coalesce(sum(sum_ac), 0) AS sum_ac,
+       min(min_ac) AS min_ac, max(max_ac) AS max_ac, coalesce(sum(sum_voltage), 0) AS sum_voltage,
+       min(min_voltage) AS min_voltage, max(max_voltage) AS max_voltage
+FROM parts",
+        window_cut = crate::sql::window_cut_cte("$2", "$3", "true"),
+    )
+}
 
 #[derive(sqlx::FromRow)]
 struct StatsRow {
@@ -51,6 +54,7 @@ struct StatsRow {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+/// Volts, to 2 decimals.
 pub struct Stats {
     pub min: f64,
     pub max: f64,
@@ -60,7 +64,7 @@ pub struct Stats {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnergyStats {
-    /// kWh drawn over the window.
+    /// kWh drawn over the window; every figure here to the watt-hour (3 decimals).
     pub total: f64,
     /// Per reading (the energy of one reporting interval).
     pub min: f64,
@@ -98,12 +102,20 @@ pub async fn analytics(
     let meter = device_id("meterId", &raw_id)?;
     let params = QueryParams::parse(query.as_deref())?;
     let window = state.window(&params)?;
-    let row: StatsRow = sqlx::query_as(METER_STATS_SQL)
-        .bind(meter.as_str())
-        .bind(window.from)
-        .bind(window.to)
-        .fetch_one(&state.pool)
-        .await?;
+    let row: StatsRow = with_named_partitions(window, |sources| {
+        let statement = sql(sources);
+        let pool = &state.pool;
+        let meter = meter.as_str();
+        async move {
+            sqlx::query_as(&statement)
+                .bind(meter)
+                .bind(window.from)
+                .bind(window.to)
+                .fetch_one(pool)
+                .await
+        }
+    })
+    .await?;
     let (Some(min_ac), Some(max_ac), Some(min_voltage), Some(max_voltage)) =
         (row.min_ac, row.max_ac, row.min_voltage, row.max_voltage)
     else {
@@ -120,15 +132,15 @@ pub async fn analytics(
         to: format_timestamp(window.to),
         readings: row.readings,
         kwh_consumed_ac: EnergyStats {
-            total: row.sum_ac,
-            min: min_ac,
-            max: max_ac,
-            mean: row.sum_ac / n,
+            total: kwh(row.sum_ac),
+            min: kwh(min_ac),
+            max: kwh(max_ac),
+            mean: kwh(row.sum_ac / n),
         },
         voltage: Stats {
-            min: min_voltage,
-            max: max_voltage,
-            mean: row.sum_voltage / n,
+            min: hundredths(min_voltage),
+            max: hundredths(max_voltage),
+            mean: hundredths(row.sum_voltage / n),
         },
     }))
 }

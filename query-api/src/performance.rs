@@ -18,50 +18,54 @@ use sqlx::PgPool;
 use crate::charging::Charging;
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams, Window};
+use crate::sql::{Pieces, Sources};
 use crate::state::AppState;
 
-/// One round trip: the vehicle's window and each of its meters' spans cut
-/// at whole hours (see [`crate::sql`]), so it reads a few dozen rows per
-/// stream however often a device reports, and every access is an index
-/// range scan on (device id, time) in the partitions of the edge days.
-pub const PERFORMANCE_SQL: &str = concat!(
-    "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
-    crate::sql::spans_cte!("$2", "$3"),
-    ",\n",
-    crate::sql::meter_cut_cte!("$2", "$3", "true"),
-    ",\n",
-    crate::sql::meter_pieces_cte!(),
-    ",\n",
-    crate::sql::window_cut_cte!("$2", "$3", "true"),
-    ",
+/// The efficiency query, reading from `sources`: one round trip. The
+/// vehicle's window and each of its meters' spans are cut into raw edges
+/// of at most five minutes and rollup buckets (see [`crate::sql`]), so it
+/// reads a few dozen rows per stream however often a device reports, and
+/// every access is an index range scan on (device id, time) in the
+/// partitions of the window's days and months. `$1` vehicle, `$2`/`$3` window.
+pub fn sql(sources: &Sources) -> String {
+    let vehicle = Pieces {
+        raw: &sources.vehicle_raw,
+        five: &sources.vehicle_5min,
+        hourly: &sources.vehicle_hourly,
+        cut: "c",
+        device: "x.vehicle_id = $1",
+        sums: &[
+            ("dc", "x.kwh_delivered_dc", "sum_dc"),
+            ("temp", "x.battery_temp", "sum_battery_temp"),
+        ],
+    };
+    format!(
+        "WITH wanted AS (SELECT $1::text AS vehicle_id),
+{spans},
+{meter_cut},
+{meter_pieces},
+{window_cut},
 vehicle AS (
-    SELECT head.n + tail.n + hours.n AS n, head.dc + tail.dc + hours.dc AS dc,
-           head.temp + tail.temp + hours.temp AS temp
-    FROM window_cut c
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, coalesce(sum(r.kwh_delivered_dc), 0) AS dc, coalesce(sum(r.battery_temp), 0) AS temp
-        FROM vehicle_readings r
-        WHERE r.vehicle_id = $1 AND r.recorded_at > $2 AND r.recorded_at <= c.head_hi
-    ) head
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, coalesce(sum(r.kwh_delivered_dc), 0) AS dc, coalesce(sum(r.battery_temp), 0) AS temp
-        FROM vehicle_readings r
-        WHERE r.vehicle_id = $1 AND r.recorded_at > c.tail_lo AND r.recorded_at <= $3
-    ) tail
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(h.readings), 0)::bigint AS n, coalesce(sum(h.sum_dc), 0) AS dc,
-               coalesce(sum(h.sum_battery_temp), 0) AS temp
-        FROM vehicle_hourly h
-        WHERE h.vehicle_id = $1 AND h.hour_end > c.a AND h.hour_end <= c.b
-    ) hours
+    SELECT {n} AS n, {dc} AS dc, {temp} AS temp
+    FROM window_cut c{laterals}
 )
 SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
        CASE WHEN v.n > 0 THEN v.temp / v.n END AS avg_battery_temp,
        (SELECT coalesce(sum(n), 0)::bigint FROM meter_pieces) AS meter_readings,
        (SELECT coalesce(sum(ac), 0) FROM meter_pieces) AS sum_ac,
-       (SELECT coalesce(array_agg(DISTINCT meter_id COLLATE \"C\" ORDER BY meter_id COLLATE \"C\"), '{}') FROM meter_pieces WHERE n > 0) AS meter_ids
-FROM vehicle v"
-);
+       (SELECT coalesce(array_agg(DISTINCT meter_id COLLATE \"C\" ORDER BY meter_id COLLATE \"C\"), '{{}}')
+          FROM meter_pieces WHERE n > 0) AS meter_ids
+FROM vehicle v",
+        spans = crate::sql::spans_cte("$2", "$3"),
+        meter_cut = crate::sql::meter_cut_cte("$2", "$3", "true"),
+        meter_pieces = crate::sql::meter_pieces_cte(sources),
+        window_cut = crate::sql::window_cut_cte("$2", "$3", "true"),
+        n = Pieces::total("n"),
+        dc = Pieces::total("dc"),
+        temp = Pieces::total("temp"),
+        laterals = vehicle.laterals(),
+    )
+}
 
 /// The original API's response shape.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -93,12 +97,18 @@ pub async fn vehicle_performance(
     vehicle: &DeviceId,
     window: Window,
 ) -> Result<Option<Performance>, sqlx::Error> {
-    let row: PerformanceRow = sqlx::query_as(PERFORMANCE_SQL)
-        .bind(vehicle.as_str())
-        .bind(window.from)
-        .bind(window.to)
-        .fetch_one(pool)
-        .await?;
+    let row: PerformanceRow = crate::sql::with_named_partitions(window, |sources| {
+        let statement = sql(sources);
+        async move {
+            sqlx::query_as(&statement)
+                .bind(vehicle.as_str())
+                .bind(window.from)
+                .bind(window.to)
+                .fetch_one(pool)
+                .await
+        }
+    })
+    .await?;
     if row.vehicle_readings == 0 {
         return Ok(None);
     }

@@ -4,9 +4,9 @@
 //! Buckets are aligned to UTC (`5m`, `15m`, `1h`, `1d` multiples since
 //! 2000-01-01T00:00Z) and, like windows, left-open: a bucket covers
 //! `(start, end]`; the first and last are clipped to the window. Every bucket
-//! of the window is returned, empty ones with zero readings. Hour and day
-//! buckets come from hourly rollups plus raw readings at the window's and
-//! assignments' edges; 5- and 15-minute buckets from raw readings.
+//! of the window is returned, empty ones with zero readings. Buckets come
+//! from rollups (five-minute ones, and hourly ones for buckets of an hour or
+//! more) plus raw readings at the window's and assignments' edges.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -18,54 +18,61 @@ use shared::wire::format_timestamp;
 use crate::charging::Charging;
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
+use crate::sql::{with_named_partitions, PieceRows, Sources};
 use crate::state::AppState;
 
 /// Most points one series may have.
 pub const MAX_POINTS: i64 = 2_000;
 
-/// `$1` vehicle, `$2`/`$3` window, `$4` bucket size, `$5` whether whole
-/// hours may come from rollups (bucket sizes of an hour or more).
-pub const SERIES_SQL: &str = concat!(
-    "WITH wanted AS (SELECT $1::text AS vehicle_id),\n",
-    crate::sql::spans_cte!("$2", "$3"),
-    ",\n",
-    crate::sql::meter_cut_cte!("$2", "$3", "$5"),
-    ",\n",
-    crate::sql::window_cut_cte!("$2", "$3", "$5"),
-    ",
+/// The series query, reading from `sources`. `$1` vehicle, `$2`/`$3`
+/// window, `$4` bucket size, `$5` whether whole hours may come from hourly
+/// rollups (bucket sizes of an hour or more).
+pub fn sql(sources: &Sources) -> String {
+    // Each row at the instant that bins it: a reading's time, or a
+    // bucket's end, which lies in the same series bucket as every reading
+    // it holds (series buckets are multiples of five minutes).
+    let vehicle_rows = PieceRows {
+        raw: &sources.vehicle_raw,
+        five: &sources.vehicle_5min,
+        hourly: &sources.vehicle_hourly,
+        cut: "window_cut",
+        device: "x.vehicle_id = $1",
+        raw_columns: "x.recorded_at AS at, 1::bigint AS v_n, x.kwh_delivered_dc AS dc, \
+                      x.battery_temp AS temp, 0::bigint AS m_n, 0::float8 AS ac",
+        bucket_columns: "x.{end}, x.readings, x.sum_dc, x.sum_battery_temp, 0, 0",
+    }
+    .union_all();
+    let meter_rows = PieceRows {
+        raw: &sources.meter_raw,
+        five: &sources.meter_5min,
+        hourly: &sources.meter_hourly,
+        cut: "meter_cut",
+        device: "x.meter_id = c.meter_id",
+        raw_columns: "x.recorded_at, 0, 0, 0, 1, x.kwh_consumed_ac",
+        bucket_columns: "x.{end}, 0, 0, 0, x.readings, x.sum_ac",
+    }
+    .union_all();
+    format!(
+        "WITH wanted AS (SELECT $1::text AS vehicle_id),
+{spans},
+{meter_cut},
+{window_cut},
 parts AS (
-    SELECT r.recorded_at AS at, 1::bigint AS v_n, r.kwh_delivered_dc AS dc, r.battery_temp AS temp,
-           0::bigint AS m_n, 0::float8 AS ac
-    FROM window_cut c JOIN vehicle_readings r
-      ON r.vehicle_id = $1 AND r.recorded_at > $2 AND r.recorded_at <= c.head_hi
+    {vehicle_rows}
     UNION ALL
-    SELECT r.recorded_at, 1, r.kwh_delivered_dc, r.battery_temp, 0, 0
-    FROM window_cut c JOIN vehicle_readings r
-      ON r.vehicle_id = $1 AND r.recorded_at > c.tail_lo AND r.recorded_at <= $3
-    UNION ALL
-    SELECT h.hour_end, h.readings, h.sum_dc, h.sum_battery_temp, 0, 0
-    FROM window_cut c JOIN vehicle_hourly h
-      ON h.vehicle_id = $1 AND h.hour_end > c.a AND h.hour_end <= c.b
-    UNION ALL
-    SELECT m.recorded_at, 0, 0, 0, 1, m.kwh_consumed_ac
-    FROM meter_cut c JOIN meter_readings m
-      ON m.meter_id = c.meter_id AND m.recorded_at > c.lo AND m.recorded_at <= c.head_hi
-    UNION ALL
-    SELECT m.recorded_at, 0, 0, 0, 1, m.kwh_consumed_ac
-    FROM meter_cut c JOIN meter_readings m
-      ON m.meter_id = c.meter_id AND m.recorded_at > c.tail_lo AND m.recorded_at <= c.hi
-    UNION ALL
-    SELECT h.hour_end, 0, 0, 0, h.readings, h.sum_ac
-    FROM meter_cut c JOIN meter_hourly h
-      ON h.meter_id = c.meter_id AND h.hour_end > c.a AND h.hour_end <= c.b
+    {meter_rows}
 )
 SELECT date_bin($4, at - interval '1 microsecond', timestamptz '2000-01-01 00:00:00+00') + $4 AS bucket_end,
        sum(v_n)::bigint AS vehicle_readings, sum(dc) AS sum_dc, sum(temp) AS sum_temp,
        sum(m_n)::bigint AS meter_readings, sum(ac) AS sum_ac
 FROM parts
 GROUP BY 1
-ORDER BY 1"
-);
+ORDER BY 1",
+        spans = crate::sql::spans_cte("$2", "$3"),
+        meter_cut = crate::sql::meter_cut_cte("$2", "$3", "$5"),
+        window_cut = crate::sql::window_cut_cte("$2", "$3", "$5"),
+    )
+}
 
 /// A supported bucket size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +108,9 @@ impl Bucket {
             .ok_or_else(|| ApiError::BadRequest("bucket must be one of 5m, 15m, 1h, 1d".into()))
     }
 
-    /// Whether whole hours can come from hourly rollups.
-    fn uses_rollups(&self) -> bool {
+    /// Whether whole hours can come from hourly rollups (five-minute
+    /// rollups always can: every bucket size is a multiple of five minutes).
+    fn uses_hourly_rollups(&self) -> bool {
         self.size >= TimeDelta::hours(1)
     }
 
@@ -183,14 +191,22 @@ pub async fn series(
         )));
     }
 
-    let rows: Vec<BucketRow> = sqlx::query_as(SERIES_SQL)
-        .bind(vehicle.as_str())
-        .bind(window.from)
-        .bind(window.to)
-        .bind(bucket.size)
-        .bind(bucket.uses_rollups())
-        .fetch_all(&state.pool)
-        .await?;
+    let rows: Vec<BucketRow> = with_named_partitions(window, |sources| {
+        let statement = sql(sources);
+        let pool = &state.pool;
+        let vehicle = vehicle.as_str();
+        async move {
+            sqlx::query_as(&statement)
+                .bind(vehicle)
+                .bind(window.from)
+                .bind(window.to)
+                .bind(bucket.size)
+                .bind(bucket.uses_hourly_rollups())
+                .fetch_all(pool)
+                .await
+        }
+    })
+    .await?;
     let mut rows = rows.into_iter().peekable();
     let mut points = Vec::with_capacity(n_points as usize);
     let mut end = first_end;

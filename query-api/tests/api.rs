@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use shared::wire::format_timestamp;
 use sqlx::PgPool;
 use test_support::in_process::InProcess;
+use test_support::oracle::{answered_hundredths as round2, answered_kwh};
 use test_support::postgres::{fresh_database, fresh_database_collated, fresh_unmigrated_database};
 
 mod common;
@@ -53,10 +54,6 @@ fn kwh(device: u32, minute: u32) -> f64 {
 
 fn sum(device: u32, minutes: std::ops::RangeInclusive<u32>) -> f64 {
     minutes.map(|m| kwh(device, m)).sum()
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 /// The domain's worked example: EV-03→MTR-03 and EV-04→MTR-04 from t=-60,
@@ -109,8 +106,9 @@ async fn efficiency_follows_assignments_in_event_time_and_half_open_windows() {
     assert_eq!(
         body,
         json!({
-            "vehicleId": "EV-03", "sumDC": dc, "sumAC": ac, "efficiency": round2(100.0 * dc / ac),
-            "avgBatteryTemp": temp, "from": from, "to": to, "meterIds": ["MTR-03", "MTR-04"],
+            "vehicleId": "EV-03", "sumDC": answered_kwh(dc), "sumAC": answered_kwh(ac),
+            "efficiency": round2(100.0 * dc / ac), "avgBatteryTemp": round2(temp),
+            "from": from, "to": to, "meterIds": ["MTR-03", "MTR-04"],
             "vehicleReadings": 120, "meterReadings": 120
         })
     );
@@ -126,7 +124,7 @@ async fn efficiency_follows_assignments_in_event_time_and_half_open_windows() {
     let ac = sum(104, 31..=100);
     assert_eq!(
         (body["sumDC"].as_f64(), body["sumAC"].as_f64()),
-        (Some(dc), Some(ac))
+        (Some(answered_kwh(dc)), Some(answered_kwh(ac)))
     );
     assert_eq!(body["efficiency"], json!(round2(100.0 * dc / ac)));
     assert_eq!(

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ingest_worker::store::write_batch;
-use query_api::performance::PERFORMANCE_SQL;
+use query_api::performance;
+use query_api::sql::Sources;
 use serde_json::Value;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::{fresh_database, fresh_database_collated, TestDatabase};
@@ -178,8 +179,9 @@ async fn compare_on_a_random_fleet(db: TestDatabase, names: Names) {
     let mut compared = 0;
     let mut nonzero = BTreeSet::new();
     for (from, to) in windows {
+        let service_sql = performance::sql(&Sources::for_window(from, to));
         for id in &vehicles {
-            let rolled = figures(&db.pool, PERFORMANCE_SQL, id, from, to).await;
+            let rolled = figures(&db.pool, &service_sql, id, from, to).await;
             let raw = figures(&db.pool, RAW_PERFORMANCE_SQL, id, from, to).await;
             let context = format!("seed {seed}, vehicle {id}, window ({from}, {to}]: rollups {rolled:?} vs raw {raw:?}");
             assert_eq!(

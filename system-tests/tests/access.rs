@@ -256,7 +256,7 @@ async fn worker_writes_as_energy_writer_and_query_api_reads_as_energy_reader() {
         "SELECT energy_ensure_partitions('assignments', '2026-01-01', '2026-01-02')",
         "SELECT energy_drop_partitions_before('vehicles_current', '2100-01-01')",
         // The partition functions' allow-list is the schema's, not the writer's.
-        "INSERT INTO energy_partitioned_tables VALUES ('assignments', 'day', 'readings', false)",
+        "INSERT INTO energy_partitioned_tables (parent, granularity, retention) VALUES ('assignments', 'day', 'readings')",
     ] {
         assert_eq!(
             sqlstate(&writer_url, statement).await,

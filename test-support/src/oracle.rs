@@ -71,3 +71,14 @@ pub async fn figures(
         .await
         .unwrap()
 }
+
+/// Energy as the API answers it: kWh to the watt-hour (three decimals).
+/// Restated here, not taken from query-api, so the tests check the rule.
+pub fn answered_kwh(value: f64) -> f64 {
+    (value * 1_000.0).round() / 1_000.0
+}
+
+/// Temperatures, voltages and efficiencies as the API answers them: two decimals.
+pub fn answered_hundredths(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
