@@ -1,10 +1,10 @@
-//! Writing generated readings straight into PostgreSQL with binary COPY: the
-//! limit the worker's drain is compared with, and the fast way to load the
-//! query benchmark's day of history (rollups and current state are then
-//! derived in SQL, as the worker would have kept them).
+//! Writing generated readings into PostgreSQL: straight with binary COPY,
+//! the limit the worker's drain is compared with; and through the worker's
+//! own write path, for the query benchmark's day of history.
 
 use fleet_sim::fleet::{Fleet, FleetSpec};
 use ingest_worker::copy::encode_rows;
+use ingest_worker::store::write_batch;
 use ingest_worker::stream::{Stream, METERS, VEHICLES};
 use shared::domain::{Assignment, MeterReading, Reading, VehicleReading};
 use sqlx::{PgConnection, PgPool};
@@ -78,104 +78,43 @@ pub async fn copy_history(pool: &PgPool, encoded: &Encoded) -> anyhow::Result<u6
     Ok(stored)
 }
 
-pub async fn insert_assignments(pool: &PgPool, assignments: &[&Assignment]) -> anyhow::Result<()> {
-    for chunk in assignments.chunks(CHUNK_ROWS) {
-        sqlx::query(
-            "INSERT INTO assignments (vehicle_id, starts_at, meter_id)
-             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[])",
-        )
-        .bind(
-            chunk
-                .iter()
-                .map(|a| a.vehicle_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            chunk
-                .iter()
-                .map(|a| a.starts_at.instant())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            chunk
-                .iter()
-                .map(|a| a.meter_id.as_ref().map(|m| m.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .execute(pool)
-        .await?;
-    }
-    Ok(())
-}
+/// Readings stored per `write_batch` call: the worker's default batch.
+const BATCH_READINGS: usize = 100_000;
 
-/// Generates `steps` steps of `spec` and loads them, vehicles and meters on
-/// two connections at once; returns (vehicle rows, meter rows).
-pub async fn load_fleet(pool: &PgPool, spec: FleetSpec, steps: u64) -> anyhow::Result<(u64, u64)> {
+/// Generates `steps` steps of `spec` and stores them through the worker's
+/// own write path (`write_batch`: history, rollups at every level and
+/// current state in one transaction), two batches at a time over
+/// device-disjoint halves, as the worker writes partition groups; returns
+/// (vehicle rows, meter rows).
+pub async fn store_fleet(pool: &PgPool, spec: FleetSpec, steps: u64) -> anyhow::Result<(u64, u64)> {
     let mut fleet = Fleet::new(spec)?;
-    let (mut vehicle_conn, mut meter_conn) = (pool.acquire().await?, pool.acquire().await?);
     let (mut vehicle_rows, mut meter_rows) = (0, 0);
     let mut pending: Vec<Reading> = Vec::new();
-    let mut assignments: Vec<Reading> = Vec::new();
     for step in 0..steps {
-        for reading in fleet.tick().readings {
-            match reading {
-                Reading::Assignment(_) => assignments.push(reading),
-                other => pending.push(other),
-            }
+        pending.extend(fleet.tick().readings);
+        let last = step + 1 == steps;
+        if last {
+            pending.extend(fleet.finish());
         }
-        if pending.len() >= 2 * CHUNK_ROWS || step + 1 == steps {
-            pending.extend(
-                fleet
-                    .finish()
-                    .into_iter()
-                    .filter(|r| !matches!(r, Reading::Assignment(_))),
-            );
-            let rows = Rows::split(&pending);
-            let encoded = Encoded::new(&rows);
-            let (v, m) = tokio::join!(
-                copy(&mut vehicle_conn, &VEHICLES, &encoded.vehicles),
-                copy(&mut meter_conn, &METERS, &encoded.meters),
-            );
-            vehicle_rows += v?;
-            meter_rows += m?;
-            pending.clear();
+        if pending.len() < BATCH_READINGS && !last {
+            continue;
+        }
+        let (even, odd): (Vec<Reading>, Vec<Reading>) = pending
+            .drain(..)
+            .partition(|reading| half_of(reading.device_id().as_str()));
+        let (a, b) = tokio::join!(write_batch(pool, &even), write_batch(pool, &odd));
+        for outcome in [a?, b?] {
+            vehicle_rows += outcome.vehicle_rows;
+            meter_rows += outcome.meter_rows;
         }
     }
-    insert_assignments(pool, &Rows::split(&assignments).assignments).await?;
     Ok((vehicle_rows, meter_rows))
 }
 
-/// Derives the hourly rollups and current state from raw history, exactly
-/// as the worker keeps them, then refreshes the planner's statistics.
-pub async fn derive_rollups_and_current_state(pool: &PgPool) -> anyhow::Result<()> {
-    let statements = [
-        "INSERT INTO vehicle_hourly (vehicle_id, hour_end, readings, sum_dc, sum_battery_temp)
-         SELECT vehicle_id, energy_hour_end(recorded_at), count(*), sum(kwh_delivered_dc), sum(battery_temp)
-         FROM vehicle_readings GROUP BY 1, 2",
-        "INSERT INTO meter_hourly
-             (meter_id, hour_end, readings, sum_ac, min_ac, max_ac, sum_voltage, min_voltage, max_voltage)
-         SELECT meter_id, energy_hour_end(recorded_at), count(*), sum(kwh_consumed_ac),
-                min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)
-         FROM meter_readings GROUP BY 1, 2",
-        "INSERT INTO vehicle_5min (vehicle_id, bucket_end, readings, sum_dc, sum_battery_temp)
-         SELECT vehicle_id, energy_bucket_end(recorded_at, interval '5 minutes'), count(*), sum(kwh_delivered_dc),
-                sum(battery_temp)
-         FROM vehicle_readings GROUP BY 1, 2",
-        "INSERT INTO meter_5min
-             (meter_id, bucket_end, readings, sum_ac, min_ac, max_ac, sum_voltage, min_voltage, max_voltage)
-         SELECT meter_id, energy_bucket_end(recorded_at, interval '5 minutes'), count(*), sum(kwh_consumed_ac),
-                min(kwh_consumed_ac), max(kwh_consumed_ac), sum(voltage), min(voltage), max(voltage)
-         FROM meter_readings GROUP BY 1, 2",
-        "INSERT INTO vehicles_current (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)
-         SELECT DISTINCT ON (vehicle_id) vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp
-         FROM vehicle_readings ORDER BY vehicle_id, recorded_at DESC",
-        "INSERT INTO meters_current (meter_id, recorded_at, kwh_consumed_ac, voltage)
-         SELECT DISTINCT ON (meter_id) meter_id, recorded_at, kwh_consumed_ac, voltage
-         FROM meter_readings ORDER BY meter_id, recorded_at DESC",
-        "VACUUM ANALYZE",
-    ];
-    for statement in statements {
-        sqlx::query(statement).execute(pool).await?;
-    }
-    Ok(())
+/// Which of two device-disjoint halves a device's readings go to.
+fn half_of(device: &str) -> bool {
+    device.bytes().fold(0u32, |hash, b| {
+        hash.wrapping_mul(31).wrapping_add(u32::from(b))
+    }) % 2
+        == 0
 }

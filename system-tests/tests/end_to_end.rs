@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::wire::format_timestamp;
 use test_support::kafka::{committed_total, end_total, produce_all, producer, MockKafka};
-use test_support::oracle::{answered_hundredths, answered_kwh};
+use test_support::oracle::{answered_hundredths, answered_kwh, answers_kwh};
 use test_support::process::Service;
 use test_support::readings::{assignment, key_of, meter, vehicle};
 use test_support::services::{Stack, Wiring};
@@ -296,22 +296,25 @@ async fn the_golden_fixture_gives_the_expected_analytics() {
             let context = format!("window {} vehicle {vehicle}: {body}", window["name"]);
             assert_eq!(status, 200, "{context}");
             // The golden figures are exact; the API answers them rounded
-            // (sums to the watt-hour, the temperature to 0.01 °C): within
-            // half a unit of that precision, and already rounded.
-            for (field, answered, half_unit) in [
-                ("sumDC", answered_kwh as fn(f64) -> f64, 0.0005),
-                ("sumAC", answered_kwh, 0.0005),
-                ("avgBatteryTemp", answered_hundredths, 0.005),
-            ] {
+            // (sums to the watt-hour, the temperature to 0.01 °C).
+            for field in ["sumDC", "sumAC"] {
                 let (got, golden) = (
                     body[field].as_f64().unwrap(),
                     figures[field].as_f64().unwrap(),
                 );
                 assert!(
-                    (got - golden).abs() <= half_unit * (1.0 + 1e-9) && got == answered(got),
+                    answers_kwh(got, golden),
                     "{field} of {context}: {got} against golden {golden}"
                 );
             }
+            let (got, golden) = (
+                body["avgBatteryTemp"].as_f64().unwrap(),
+                figures["avgBatteryTemp"].as_f64().unwrap(),
+            );
+            assert!(
+                got == answered_hundredths(got) && (got - golden).abs() <= 0.005 * (1.0 + 1e-9),
+                "avgBatteryTemp of {context}: {got} against golden {golden}"
+            );
             assert_eq!(body["efficiency"], figures["efficiency"], "{context}");
             assert_eq!(
                 body["vehicleReadings"], figures["vehicleReadings"],

@@ -82,3 +82,11 @@ pub fn answered_kwh(value: f64) -> f64 {
 pub fn answered_hundredths(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
+
+/// Whether `answered` is how the API may answer an exact kWh figure `exact`:
+/// a whole number of watt-hours within half of one of it. Exact equality
+/// with the rounded figure would be too strict at a half watt-hour, where
+/// two orders of adding the same readings may round apart.
+pub fn answers_kwh(answered: f64, exact: f64) -> bool {
+    answered == answered_kwh(answered) && (answered - exact).abs() <= 0.000_5 * (1.0 + 1e-9)
+}
