@@ -59,6 +59,13 @@ impl BodyFormat {
     }
 }
 
+/// Bytes of a refused body still read (and discarded) before answering 413:
+/// a client that is still sending when the connection closes gets a broken
+/// pipe instead of the answer, so a body moderately over the limit is read
+/// out first. A larger one is cut off (its sender is told by the closed
+/// connection).
+const DRAIN_ALLOWANCE: usize = 1024 * 1024;
+
 /// Reads the whole body into one buffer of at most `limit` bytes, refusing
 /// (413) once it would pass it. The buffer grows to what arrived, never
 /// beyond the limit, and is not copied again.
@@ -73,6 +80,7 @@ pub async fn read_limited(
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
+        drain(body, DRAIN_ALLOWANCE).await;
         return Err(too_large());
     }
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
@@ -85,6 +93,7 @@ pub async fn read_limited(
         };
         let needed = bytes.len() + data.len();
         if needed > limit {
+            drain(body, DRAIN_ALLOWANCE.saturating_sub(data.len())).await;
             return Err(too_large());
         }
         if needed > bytes.capacity() {
@@ -94,6 +103,20 @@ pub async fn read_limited(
         bytes.extend_from_slice(&data);
     }
     Ok(bytes)
+}
+
+/// Reads and discards at most `allowance` more bytes of `body`.
+async fn drain(mut body: Body, allowance: usize) {
+    let mut left = allowance;
+    while left > 0 {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let n = frame.data_ref().map_or(0, |data| data.len());
+                left = left.saturating_sub(n.max(1));
+            }
+            _ => return,
+        }
+    }
 }
 
 /// One reading's JSON text in a body, and the NDJSON line it is on.
