@@ -4,7 +4,9 @@
 //! limit, binary COPY of the same rows into the same empty tables from one
 //! client connection; (b) the original API's approach, one INSERT into
 //! history plus one UPSERT of current state per reading, from a pool of 10
-//! connections (its ORM's default), on a sample of the readings.
+//! connections (its ORM's default), on a sample of the readings; (c) the
+//! same fleet reporting cumulative registers instead, in order and with
+//! late readings, drained by the same worker: what registers cost.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,14 +37,38 @@ pub struct Data {
     pub vehicles: u32,
 }
 
+/// How the fleet of a [`Data`] reports energy.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Reporting {
+    Intervals,
+    /// Every device a cumulative register (reboots and replacements as
+    /// fleet-sim's defaults), with this fraction of readings arriving late.
+    Registers {
+        late: f64,
+    },
+}
+
 impl Data {
     /// `vehicles` vehicles and as many meters, one reading each per minute
     /// for `steps` minutes ending now, with realistic clock jitter.
     pub fn generate(vehicles: u32, steps: u64) -> anyhow::Result<Self> {
+        Self::generate_as(vehicles, steps, Reporting::Intervals)
+    }
+
+    /// The same fleet reporting as `reporting` says.
+    pub fn generate_as(vehicles: u32, steps: u64, reporting: Reporting) -> anyhow::Result<Self> {
         let now = Utc::now().duration_trunc(TimeDelta::minutes(1))?;
+        let (register_fraction, late_fraction) = match reporting {
+            Reporting::Intervals => (0.0, 0.0),
+            Reporting::Registers { late } => (1.0, late),
+        };
         let spec = FleetSpec {
             jitter: TimeDelta::milliseconds(1500),
             faulty_fraction: 0.05,
+            register_fraction,
+            reboot_probability: 0.001,
+            replacement_probability: 0.0001,
+            late_fraction,
             seed: 2026,
             ..FleetSpec::new(vehicles, now - TimeDelta::minutes(steps as i64))
         };
@@ -73,6 +99,8 @@ struct DrainRun {
     worker_peak_rss_kib: f64,
     /// Readings/s after joining, per entry of `variants`, same run.
     variant_rates: Vec<f64>,
+    /// Readings/s after joining, per register data set, same run.
+    register_rates: Vec<f64>,
 }
 
 /// Each default the drain depends on, set back to what it replaced: the
@@ -91,8 +119,18 @@ pub const VARIANTS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// The register data sets drained beside the interval readings.
+pub const REGISTER_SETS: [(&str, Reporting); 2] = [
+    ("registers, in order", Reporting::Registers { late: 0.0 }),
+    (
+        "registers, 2% of readings late (up to 5 min)",
+        Reporting::Registers { late: 0.02 },
+    ),
+];
+
 pub async fn run(
     data: &Data,
+    register_data: &[Data],
     runs: usize,
     naive_sample: usize,
     worker_settings: &[(String, String)],
@@ -111,6 +149,7 @@ pub async fn run(
     let encoded = Encoded::new(&rows);
     let results = measure_runs(
         data,
+        register_data,
         runs,
         naive_sample,
         worker_settings,
@@ -121,6 +160,9 @@ pub async fn run(
     let worker_rates = report_drain(data, &rows, &encoded, naive_sample, &results, report);
     if with_variants {
         report_variants(&results, &worker_rates, report);
+    }
+    if !register_data.is_empty() {
+        report_registers(&results, &worker_rates, report);
     }
     report_cpu(&results, report);
     let messages = data.readings.len() as f64;
@@ -139,6 +181,7 @@ pub async fn run(
 /// defaults and with each variant, the COPY limit and the naive writer.
 async fn measure_runs(
     data: &Data,
+    register_data: &[Data],
     runs: usize,
     naive_sample: usize,
     worker_settings: &[(String, String)],
@@ -162,9 +205,23 @@ async fn measure_runs(
                 drain_with_worker(data, &broker, &format!("bench-variant-{i}"), &settings).await?;
             variant_rates.push(data.readings.len() as f64 / variant.after_join.as_secs_f64());
         }
+        drop(broker);
+        let mut register_rates = Vec::new();
+        for (i, registers) in register_data.iter().enumerate() {
+            let broker = prefilled_broker(registers).await?;
+            let drained = drain_with_worker(
+                registers,
+                &broker,
+                &format!("bench-registers-{i}"),
+                worker_settings,
+            )
+            .await?;
+            register_rates.push(registers.readings.len() as f64 / drained.after_join.as_secs_f64());
+        }
         let copy = copy_limit(encoded).await?;
         let naive_rate = naive(&data.readings, naive_sample).await?;
         results.push(DrainRun {
+            register_rates,
             total: drained.total,
             after_join: drained.after_join,
             copy,
@@ -282,6 +339,35 @@ fn report_variants(results: &[DrainRun], worker_rates: &[f64], report: &mut Repo
         "Worker drain: what each default buys",
         "The same drain with one default set back to what it replaced, in the same run, on \
          the same pre-filled topic (a new consumer group each) and a fresh database.",
+        &table,
+    );
+}
+
+/// What registers cost: the same fleet reporting registers, drained by the
+/// same worker in the same run.
+fn report_registers(results: &[DrainRun], worker_rates: &[f64], report: &mut Report) {
+    let mut table = Table::new(&[
+        "readings",
+        "readings/s after joining",
+        "vs interval readings",
+    ]);
+    table.row(vec![
+        "interval readings (the drain above)".into(),
+        runs_cell(worker_rates, per_second),
+        "1.00×".into(),
+    ]);
+    for (i, (what, _)) in REGISTER_SETS.iter().enumerate() {
+        let rates: Vec<f64> = results.iter().map(|r| r.register_rates[i]).collect();
+        let ratios: Vec<f64> = rates.iter().zip(worker_rates).map(|(v, d)| v / d).collect();
+        table.row(vec![
+            (*what).to_owned(),
+            runs_cell(&rates, per_second),
+            runs_cell(&ratios, ratio),
+        ]);
+    }
+    report.add(
+        "Worker drain: registers against interval readings",
+        "The same fleet (same seed, size and clock jitter) with every vehicle and meter          reporting a cumulative register (reboots 0.1% and replacements 0.01% per device and          minute), drained by the same worker with the same settings, in the same run, on a          topic of its own and a fresh database. In order, each interval is derived in the          worker from the reading current state held; a late reading is derived after the          insert from the stored readings around it and its rollup buckets are recomputed.",
         &table,
     );
 }
@@ -573,7 +659,7 @@ async fn write_one(pool: &sqlx::PgPool, reading: &Reading) -> Result<(), sqlx::E
             .bind(v.vehicle_id.as_str())
             .bind(v.recorded_at.instant())
             .bind(v.soc)
-            .bind(v.kwh_delivered_dc)
+            .bind(v.dc.interval())
             .bind(v.battery_temp)
             .execute(pool)
             .await?;
@@ -587,7 +673,7 @@ async fn write_one(pool: &sqlx::PgPool, reading: &Reading) -> Result<(), sqlx::E
             .bind(v.vehicle_id.as_str())
             .bind(v.recorded_at.instant())
             .bind(v.soc)
-            .bind(v.kwh_delivered_dc)
+            .bind(v.dc.interval())
             .bind(v.battery_temp)
             .execute(pool)
             .await?;
@@ -599,7 +685,7 @@ async fn write_one(pool: &sqlx::PgPool, reading: &Reading) -> Result<(), sqlx::E
             )
             .bind(m.meter_id.as_str())
             .bind(m.recorded_at.instant())
-            .bind(m.kwh_consumed_ac)
+            .bind(m.ac.interval())
             .bind(m.voltage)
             .execute(pool)
             .await?;
@@ -612,7 +698,7 @@ async fn write_one(pool: &sqlx::PgPool, reading: &Reading) -> Result<(), sqlx::E
             )
             .bind(m.meter_id.as_str())
             .bind(m.recorded_at.instant())
-            .bind(m.kwh_consumed_ac)
+            .bind(m.ac.interval())
             .bind(m.voltage)
             .execute(pool)
             .await?;

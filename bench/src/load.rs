@@ -5,7 +5,7 @@
 use fleet_sim::fleet::{Fleet, FleetSpec};
 use ingest_worker::copy::encode_rows;
 use ingest_worker::store::write_batch;
-use ingest_worker::stream::{Stream, METERS, VEHICLES};
+use ingest_worker::stream::{HistoryRow, Stream, StreamReading, METERS, VEHICLES};
 use shared::domain::{Assignment, MeterReading, Reading, VehicleReading};
 use sqlx::{PgConnection, PgPool};
 
@@ -44,11 +44,23 @@ pub struct Encoded {
 impl Encoded {
     pub fn new(rows: &Rows<'_>) -> Self {
         Self {
-            vehicles: rows.vehicles.chunks(CHUNK_ROWS).map(encode_rows).collect(),
-            meters: rows.meters.chunks(CHUNK_ROWS).map(encode_rows).collect(),
+            vehicles: rows.vehicles.chunks(CHUNK_ROWS).map(encode).collect(),
+            meters: rows.meters.chunks(CHUNK_ROWS).map(encode).collect(),
             rows: (rows.vehicles.len() + rows.meters.len()) as u64,
         }
     }
+}
+
+/// The COPY stream of interval readings, as the worker writes them.
+fn encode<R: StreamReading>(chunk: &[&R]) -> Vec<u8> {
+    let rows: Vec<HistoryRow<R>> = chunk
+        .iter()
+        .map(|&reading| HistoryRow {
+            reading,
+            derived: None,
+        })
+        .collect();
+    encode_rows(&rows)
 }
 
 /// Sends COPY streams into `stream`'s history table; returns the rows stored.

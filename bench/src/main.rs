@@ -112,8 +112,15 @@ async fn main() -> anyhow::Result<()> {
     {
         let data = drain::Data::generate(cli.drain_vehicles, cli.drain_steps)?;
         if scenarios.contains(&Scenario::Drain) {
+            let register_data = drain::REGISTER_SETS
+                .iter()
+                .map(|(_, reporting)| {
+                    drain::Data::generate_as(cli.drain_vehicles, cli.drain_steps, *reporting)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             drain::run(
                 &data,
+                &register_data,
                 cli.runs,
                 cli.naive_sample,
                 &cli.worker_setting,

@@ -12,13 +12,20 @@
 //!
 //! Delivery is as messy as real fleets: a fraction of readings arrives late
 //! (held back a few steps) and a fraction is sent twice (a retried request).
+//! A fraction of the devices reports cumulative registers instead of each
+//! interval's energy, as OCPP meters and battery systems do; their counts
+//! start anywhere, restart from zero when a device reboots, and jump to an
+//! unrelated count when a device is replaced (the system does not count
+//! that interval, so its energy is lost, as it is in the field).
 //! Everything derives from the seed: the same [`FleetSpec`] gives the same
 //! readings in the same order.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use shared::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, VehicleReading};
+use shared::domain::{
+    Assignment, DeviceId, Energy, EventTime, MeterReading, Reading, VehicleReading,
+};
 
 /// Everything that defines a simulated fleet and how it reports.
 #[derive(Clone, Debug)]
@@ -48,6 +55,15 @@ pub struct FleetSpec {
     /// Fraction of vehicles with a faulty charger (efficiency around 72%),
     /// spread evenly over the fleet.
     pub faulty_fraction: f64,
+    /// Fraction of vehicles, and of meters, that report a cumulative
+    /// register (`kwhRegisterDc`, `kwhRegisterAc`), spread evenly.
+    pub register_fraction: f64,
+    /// Chance, per register device and step, that it rebooted during the
+    /// step: its register restarts from zero.
+    pub reboot_probability: f64,
+    /// Chance, per register device and step, that it was replaced during
+    /// the step: the new device's register holds an unrelated count.
+    pub replacement_probability: f64,
     pub seed: u64,
 }
 
@@ -67,6 +83,9 @@ impl FleetSpec {
             max_delay_steps: 5,
             reassign_every: None,
             faulty_fraction: 0.0,
+            register_fraction: 0.0,
+            reboot_probability: 0.0,
+            replacement_probability: 0.0,
             seed: 42,
         }
     }
@@ -86,6 +105,9 @@ impl FleetSpec {
             ("duplicate fraction", self.duplicate_fraction),
             ("late fraction", self.late_fraction),
             ("faulty fraction", self.faulty_fraction),
+            ("register fraction", self.register_fraction),
+            ("reboot probability", self.reboot_probability),
+            ("replacement probability", self.replacement_probability),
         ] {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&fraction),
@@ -136,8 +158,51 @@ fn device_ids(prefix: &str, n: u32) -> Vec<DeviceId> {
         .collect()
 }
 
+/// Whether device `i` (from 0) is among an evenly spread `fraction`: with
+/// 0.2, every fifth.
+fn evenly_spread(i: usize, fraction: f64) -> bool {
+    let n = i as f64 + 1.0;
+    (n * fraction).floor() > ((n - 1.0) * fraction).floor()
+}
+
+/// A device's cumulative register, for devices that report one.
+struct Register {
+    kwh: f64,
+}
+
+impl Register {
+    /// A register that has counted for a while already.
+    fn new(rng: &mut fastrand::Rng) -> Self {
+        Self {
+            kwh: 20_000.0 * rng.f64(),
+        }
+    }
+
+    /// Counts one interval's `kwh`, after a reboot or a replacement by
+    /// chance; returns what the device reports.
+    fn count(
+        &mut self,
+        kwh: f64,
+        spec: &FleetSpec,
+        rng: &mut fastrand::Rng,
+        stats: &mut DeliveryStats,
+    ) -> Energy {
+        if rng.f64() < spec.replacement_probability {
+            stats.replacements += 1;
+            self.kwh = 1_000.0 + 49_000.0 * rng.f64();
+        } else if rng.f64() < spec.reboot_probability {
+            stats.reboots += 1;
+            self.kwh = 0.0;
+        }
+        self.kwh += kwh;
+        Energy::Register(round_to(self.kwh, 4))
+    }
+}
+
 struct Vehicle {
     id: DeviceId,
+    /// Its battery system's lifetime DC count, if it reports one.
+    register: Option<Register>,
     /// Charging power at the grid, kW.
     power_kw: f64,
     /// DC stored / AC drawn.
@@ -156,6 +221,10 @@ pub struct DeliveryStats {
     pub duplicates: u64,
     /// Readings held back to arrive late.
     pub late: u64,
+    /// Register devices rebooted (count restarted from zero).
+    pub reboots: u64,
+    /// Register devices replaced (count jumped; that interval is not counted).
+    pub replacements: u64,
 }
 
 /// The messages one step sends, in sending order.
@@ -173,6 +242,8 @@ pub struct Fleet {
     rng: fastrand::Rng,
     vehicles: Vec<Vehicle>,
     meters: Vec<DeviceId>,
+    /// The registers of the meters that report one.
+    meter_registers: Vec<Option<Register>>,
     next_step: u64,
     epoch: Option<u64>,
     /// Held-back readings by the step they arrive at.
@@ -190,12 +261,11 @@ impl Fleet {
             .into_iter()
             .enumerate()
             .map(|(i, id)| {
-                // Evenly spread: with 0.2, every fifth vehicle.
-                let n = i as f64 + 1.0;
-                let faulty =
-                    (n * spec.faulty_fraction).floor() > ((n - 1.0) * spec.faulty_fraction).floor();
+                let faulty = evenly_spread(i, spec.faulty_fraction);
                 Vehicle {
                     id,
+                    register: evenly_spread(i, spec.register_fraction)
+                        .then(|| Register::new(&mut rng)),
                     power_kw: 7.0 + 15.0 * rng.f64(),
                     efficiency: if faulty {
                         FAULTY_EFFICIENCY + 0.02 * rng.f64()
@@ -209,11 +279,15 @@ impl Fleet {
             })
             .collect();
         let meters = device_ids(&spec.meter_prefix, spec.vehicles);
+        let meter_registers = (0..meters.len())
+            .map(|i| evenly_spread(i, spec.register_fraction).then(|| Register::new(&mut rng)))
+            .collect();
         Ok(Self {
             spec,
             rng,
             vehicles,
             meters,
+            meter_registers,
             next_step: 0,
             epoch: None,
             held_back: BTreeMap::new(),
@@ -263,23 +337,40 @@ impl Fleet {
             let (kwh_ac, kwh_dc) = vehicle.advance(hours, &mut self.rng);
             drawn_ac[(i + epoch as usize) % n] = kwh_ac;
             let recorded_at = jittered(at, self.spec.jitter, &mut self.rng);
+            let dc = match &mut vehicle.register {
+                Some(register) => {
+                    register.count(kwh_dc, &self.spec, &mut self.rng, &mut self.stats)
+                }
+                None => Energy::Interval(round_to(kwh_dc, 4)),
+            };
             generated.push(Reading::Vehicle(VehicleReading {
                 vehicle_id: vehicle.id.clone(),
                 recorded_at,
                 soc: round_to(vehicle.soc, 1),
-                kwh_delivered_dc: round_to(kwh_dc, 4),
+                dc,
                 battery_temp: round_to(
                     22.0 + if vehicle.charging { 8.0 } else { 2.0 } + 3.0 * self.rng.f64(),
                     1,
                 ),
             }));
         }
-        for (meter, kwh_ac) in self.meters.iter().zip(drawn_ac) {
+        for ((meter, register), kwh_ac) in self
+            .meters
+            .iter()
+            .zip(&mut self.meter_registers)
+            .zip(drawn_ac)
+        {
             let recorded_at = jittered(at, self.spec.jitter, &mut self.rng);
+            let ac = match register {
+                Some(register) => {
+                    register.count(kwh_ac, &self.spec, &mut self.rng, &mut self.stats)
+                }
+                None => Energy::Interval(round_to(kwh_ac, 4)),
+            };
             generated.push(Reading::Meter(MeterReading {
                 meter_id: meter.clone(),
                 recorded_at,
-                kwh_consumed_ac: round_to(kwh_ac, 4),
+                ac,
                 voltage: round_to(228.0 + 6.0 * self.rng.f64(), 1),
             }));
         }
@@ -464,12 +555,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_meter_draws_what_its_assigned_vehicle_stores_over_its_efficiency() {
-        let spec = FleetSpec {
-            reassign_every: Some(TimeDelta::minutes(30)),
-            faulty_fraction: 0.2,
-            ..FleetSpec::new(10, start())
+    /// Each vehicle's DC and its meters' AC over a day, registers replayed
+    /// in order by the system's rule.
+    fn a_days_energy(
+        spec: FleetSpec,
+    ) -> (HashMap<String, f64>, HashMap<String, f64>, DeliveryStats) {
+        use shared::register::{Previous, RegisterRules};
+        let rules = RegisterRules::default();
+        let mut previous: HashMap<(u8, String), Previous> = HashMap::new();
+        let mut interval = |kind: u8, id: &DeviceId, at: EventTime, energy: Energy| match energy {
+            Energy::Interval(kwh) => kwh,
+            Energy::Register(register) => {
+                let last = previous.insert(
+                    (kind, id.to_string()),
+                    Previous {
+                        recorded_at: at,
+                        register: Some(register),
+                    },
+                );
+                rules.derive(last, at, register).energy()
+            }
         };
         let mut assigned: HashMap<String, String> = HashMap::new();
         let (mut dc, mut ac): (HashMap<String, f64>, HashMap<String, f64>) = Default::default();
@@ -485,27 +590,70 @@ mod tests {
             for reading in &readings {
                 match reading {
                     Reading::Vehicle(v) => {
-                        *dc.entry(v.vehicle_id.to_string()).or_default() += v.kwh_delivered_dc
+                        *dc.entry(v.vehicle_id.to_string()).or_default() +=
+                            interval(0, &v.vehicle_id, v.recorded_at, v.dc)
                     }
                     Reading::Meter(m) => {
                         *ac.entry(assigned[m.meter_id.as_str()].clone()).or_default() +=
-                            m.kwh_consumed_ac
+                            interval(1, &m.meter_id, m.recorded_at, m.ac)
                     }
                     Reading::Assignment(_) => {}
                 }
             }
         }
-        let efficiency = |id: &str| 100.0 * dc[id] / ac[id];
         assert_eq!(assigned.len(), 10, "every meter serves one vehicle");
-        // Every fifth vehicle is faulty; the others are healthy.
+        (dc, ac, fleet.stats())
+    }
+
+    /// Every fifth vehicle is faulty; the others are healthy.
+    fn assert_efficiency_bands(dc: &HashMap<String, f64>, ac: &HashMap<String, f64>) {
         for (n, id) in (1..=10).map(|n| (n, format!("EV-{n:02}"))) {
-            let e = efficiency(&id);
+            let e = 100.0 * dc[&id] / ac[&id];
             if n % 5 == 0 {
                 assert!((70.0..75.0).contains(&e), "{id}: {e}");
             } else {
                 assert!((85.0..95.0).contains(&e), "{id}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn each_meter_draws_what_its_assigned_vehicle_stores_over_its_efficiency() {
+        let spec = FleetSpec {
+            reassign_every: Some(TimeDelta::minutes(30)),
+            faulty_fraction: 0.2,
+            ..FleetSpec::new(10, start())
+        };
+        let (dc, ac, _) = a_days_energy(spec);
+        assert_efficiency_bands(&dc, &ac);
+    }
+
+    #[test]
+    fn register_devices_reboot_and_get_replaced_and_still_tell_the_same_efficiency() {
+        let spec = FleetSpec {
+            reassign_every: Some(TimeDelta::minutes(30)),
+            faulty_fraction: 0.2,
+            register_fraction: 0.5,
+            reboot_probability: 0.002,
+            replacement_probability: 0.0005,
+            ..FleetSpec::new(10, start())
+        };
+        let registers = |readings: &[Reading]| {
+            readings
+                .iter()
+                .filter(|r| match r {
+                    Reading::Vehicle(v) => v.dc.register().is_some(),
+                    Reading::Meter(m) => m.ac.register().is_some(),
+                    Reading::Assignment(_) => false,
+                })
+                .count()
+        };
+        let first = Fleet::new(spec.clone()).unwrap().tick().readings;
+        // Half the vehicles and half the meters: 5 + 5 of 20 readings.
+        assert_eq!(registers(&first), 10);
+        let (dc, ac, stats) = a_days_energy(spec);
+        assert!(stats.reboots > 10 && stats.replacements > 2, "{stats:?}");
+        assert_efficiency_bands(&dc, &ac);
     }
 
     #[test]

@@ -68,6 +68,19 @@ struct Cli {
     #[arg(long, env = "FLEET_SIM_FAULTY", default_value_t = 0.2)]
     faulty: f64,
 
+    /// Fraction of vehicles, and of meters, that report cumulative registers
+    /// (kwhRegisterDc, kwhRegisterAc) instead of each interval's energy
+    #[arg(long, env = "FLEET_SIM_REGISTERS", default_value_t = 0.0)]
+    registers: f64,
+
+    /// Chance per register device and interval that it reboots (its count restarts from zero)
+    #[arg(long, env = "FLEET_SIM_REBOOTS", default_value_t = 0.001)]
+    reboots: f64,
+
+    /// Chance per register device and interval that it is replaced (its count jumps)
+    #[arg(long, env = "FLEET_SIM_REPLACEMENTS", default_value_t = 0.0001)]
+    replacements: f64,
+
     /// Random seed
     #[arg(long, env = "FLEET_SIM_SEED", default_value_t = 42)]
     seed: u64,
@@ -138,6 +151,9 @@ impl Cli {
             reassign_every: (self.reassign_minutes > 0)
                 .then(|| TimeDelta::minutes(self.reassign_minutes as i64)),
             faulty_fraction: self.faulty,
+            register_fraction: self.registers,
+            reboot_probability: self.reboots,
+            replacement_probability: self.replacements,
             seed: self.seed,
             interval,
             ..FleetSpec::new(self.vehicles, start)

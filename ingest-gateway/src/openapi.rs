@@ -47,10 +47,19 @@ pub enum Reading {
         /// State of charge, percent.
         #[schema(minimum = 0, maximum = 100)]
         soc: f64,
-        /// DC energy stored since the previous reading, kWh.
+        /// DC energy stored since the previous reading, kWh. Exactly one of
+        /// this and `kwhRegisterDc`.
         #[serde(rename = "kwhDeliveredDc")]
-        #[schema(minimum = 0)]
-        kwh_delivered_dc: f64,
+        #[schema(minimum = 0, maximum = 1000000)]
+        kwh_delivered_dc: Option<f64>,
+        /// Instead of `kwhDeliveredDc`: the battery system's cumulative DC
+        /// count, kWh. The interval's energy is derived from the previous
+        /// reading in event time (a lower count is a reset: the new count is
+        /// the energy since; a rise faster than REGISTER_MAX_KW is not
+        /// counted); the first register reading carries none.
+        #[serde(rename = "kwhRegisterDc")]
+        #[schema(minimum = 0, maximum = 1000000000)]
+        kwh_register_dc: Option<f64>,
         /// °C.
         #[serde(rename = "batteryTemp")]
         #[schema(minimum = -60, maximum = 120)]
@@ -63,10 +72,17 @@ pub enum Reading {
         #[serde(rename = "meterId")]
         #[schema(min_length = 1, max_length = 64)]
         meter_id: String,
-        /// AC energy drawn since the previous reading, kWh.
+        /// AC energy drawn since the previous reading, kWh. Exactly one of
+        /// this and `kwhRegisterAc`.
         #[serde(rename = "kwhConsumedAc")]
-        #[schema(minimum = 0)]
-        kwh_consumed_ac: f64,
+        #[schema(minimum = 0, maximum = 1000000)]
+        kwh_consumed_ac: Option<f64>,
+        /// Instead of `kwhConsumedAc`: the meter's cumulative register
+        /// (OCPP `Energy.Active.Import.Register`), kWh, derived into
+        /// intervals as `kwhRegisterDc` is.
+        #[serde(rename = "kwhRegisterAc")]
+        #[schema(minimum = 0, maximum = 1000000000)]
+        kwh_register_ac: Option<f64>,
         /// Volts.
         #[schema(minimum = 0, maximum = 2000)]
         voltage: f64,

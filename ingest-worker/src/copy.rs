@@ -6,7 +6,7 @@
 
 use shared::domain::EventTime;
 
-use crate::stream::StreamReading;
+use crate::stream::{HistoryRow, StreamReading};
 
 /// Builds one binary COPY stream: signature, flags, tuples, trailer.
 struct BinaryCopyWriter {
@@ -33,9 +33,20 @@ impl BinaryCopyWriter {
         self.buffer.extend_from_slice(value.as_bytes());
     }
 
-    fn float8(&mut self, value: f64) {
-        self.buffer.extend_from_slice(&8_i32.to_be_bytes());
-        self.buffer.extend_from_slice(&value.to_be_bytes());
+    fn float8(&mut self, value: Option<f64>) {
+        match value {
+            Some(value) => {
+                self.buffer.extend_from_slice(&8_i32.to_be_bytes());
+                self.buffer.extend_from_slice(&value.to_be_bytes());
+            }
+            // NULL: a length of -1 and no bytes.
+            None => self.buffer.extend_from_slice(&(-1_i32).to_be_bytes()),
+        }
+    }
+
+    fn bool(&mut self, value: bool) {
+        self.buffer.extend_from_slice(&1_i32.to_be_bytes());
+        self.buffer.push(u8::from(value));
     }
 
     fn timestamptz(&mut self, value: EventTime) {
@@ -52,17 +63,18 @@ impl BinaryCopyWriter {
 
 /// The binary COPY stream of `rows`, in their stream's history column
 /// order ([`crate::stream::Stream::history_columns`]).
-pub fn encode_rows<R: StreamReading>(rows: &[&R]) -> Vec<u8> {
+pub fn encode_rows<R: StreamReading>(rows: &[HistoryRow<'_, R>]) -> Vec<u8> {
     let n_fields = R::STREAM.fields.len();
     // A field is its 4-byte length and 8 bytes; the id about 16 bytes.
-    let mut writer = BinaryCopyWriter::with_capacity(rows.len(), 2 + 20 + 12 * (n_fields + 1));
+    let mut writer = BinaryCopyWriter::with_capacity(rows.len(), 2 + 20 + 12 * (n_fields + 1) + 5);
     for row in rows {
-        writer.row((2 + n_fields) as i16);
-        writer.text(row.device().as_str());
-        writer.timestamptz(row.recorded_at());
+        writer.row((3 + n_fields) as i16);
+        writer.text(row.reading.device().as_str());
+        writer.timestamptz(row.reading.recorded_at());
         for index in 0..n_fields {
-            writer.float8(row.field(index));
+            writer.float8(row.value(index));
         }
+        writer.bool(row.is_register_jump());
     }
     writer.finish()
 }

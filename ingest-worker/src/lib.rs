@@ -18,7 +18,8 @@
 //! - [`store`]: the database transaction;
 //! - [`stream`]: the vehicle and meter streams, each described once;
 //! - [`copy`]: binary COPY encoding;
-//! - [`rollup`]: hourly rollups kept with the history rows;
+//! - [`rollup`]: hourly and five-minute rollups kept with the history rows;
+//! - [`registers`]: interval energy of register readings, exact out of order;
 //! - [`partitions`]: day and month partitions created ahead, dropped past retention;
 //! - [`dead_letter`]: the dead-letter topic.
 //!
@@ -33,6 +34,7 @@ pub mod health;
 pub mod partitions;
 pub mod pipeline;
 pub mod rebalance;
+pub mod registers;
 pub mod rollup;
 pub mod settings;
 pub mod store;
@@ -74,6 +76,11 @@ fn describe_metrics() {
             Counter,
             "energy_worker_duplicates_total",
             "Readings not stored because already stored",
+        ),
+        (
+            Counter,
+            "energy_worker_register_jumps_total",
+            "Register readings whose rise was implausible for the elapsed time (not counted)",
         ),
         (
             Counter,
@@ -189,6 +196,7 @@ pub async fn run_with_clock(
         consumer,
         topic: args.kafka.kafka_topic.clone(),
         rules: args.validation.rules(),
+        register_rules: args.register_rules(),
         health,
         partitions,
         clock,

@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use service_kit::retry::Backoff;
 use shared::domain::Reading;
+use shared::register::RegisterRules;
 use shared::wire::{MessageError, ValidationRules};
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -52,6 +53,8 @@ pub struct Sink {
     pub consumer: StreamConsumer<WorkerContext>,
     pub topic: String,
     pub rules: ValidationRules,
+    /// How register readings' energy is derived.
+    pub register_rules: RegisterRules,
     pub health: Arc<Health>,
     pub partitions: Arc<Partitions>,
     /// What time it is: the retention and the partitions' days follow it.
@@ -80,6 +83,7 @@ struct GroupWriter {
     pool: PgPool,
     partitions: Arc<Partitions>,
     rules: ValidationRules,
+    register_rules: RegisterRules,
     clock: Clock,
     retrier: Retrier,
 }
@@ -98,6 +102,7 @@ impl Sink {
             pool: self.pool.clone(),
             partitions: self.partitions.clone(),
             rules: self.rules,
+            register_rules: self.register_rules,
             clock: self.clock.clone(),
             retrier: self.retrier(),
         }
@@ -230,6 +235,7 @@ async fn flush(sink: &Sink, mut batch: Batch) -> anyhow::Result<()> {
         meter_rows = outcome.meter_rows,
         assignment_rows = outcome.assignment_rows,
         duplicates = outcome.duplicates,
+        register_jumps = outcome.register_jumps,
         dead_lettered = batch.rejected.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "batch committed"
@@ -324,6 +330,7 @@ fn record_batch_metrics(batch: &Batch, outcome: &BatchOutcome, elapsed: Duration
         metrics::counter!("energy_worker_rows_written_total", "table" => table).increment(rows);
     }
     metrics::counter!("energy_worker_duplicates_total").increment(outcome.duplicates);
+    metrics::counter!("energy_worker_register_jumps_total").increment(outcome.register_jumps);
     for rejected in &batch.rejected {
         metrics::counter!("energy_worker_dead_lettered_total", "reason" => rejected.reason.kind())
             .increment(1);
@@ -355,7 +362,13 @@ async fn write_isolating_refused(
         let attempt = retry(
             &writer.retrier,
             "batch write",
-            || store::write_batch(&writer.pool, readings.iter().copied()),
+            || {
+                store::write_batch_with(
+                    &writer.pool,
+                    writer.register_rules,
+                    readings.iter().copied(),
+                )
+            },
             |error: &WriteError| match error {
                 WriteError::Data(_) | WriteError::MissingPartition(_) => Decision::GiveBack,
                 WriteError::Transient(_) | WriteError::Permanent(_) => Decision::Retry,

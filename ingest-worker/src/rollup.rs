@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use shared::domain::{DeviceId, EventTime};
 use sqlx::PgConnection;
 
-use crate::stream::{Stream, StreamReading};
+use crate::stream::{HistoryRow, Stream, StreamReading};
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
@@ -49,35 +49,40 @@ impl Hour {
         }
     }
 
-    fn add<R: StreamReading>(&mut self, reading: &R) {
+    fn add<R: StreamReading>(&mut self, row: &HistoryRow<'_, R>) {
         self.readings += 1;
         for (value, rollup) in self.values.iter_mut().zip(R::STREAM.rollups) {
-            *value = rollup.aggregate.fold(*value, reading.field(rollup.field));
+            // Rolled-up fields are never the (nullable) register.
+            let field = row.value(rollup.field).unwrap_or(f64::NAN);
+            *value = rollup.aggregate.fold(*value, field);
         }
     }
 }
 
-/// Adds `rows` (all of them stored by this transaction) to every level of
-/// the stream's rollups. Keys are sorted so concurrent transactions lock
-/// rollup rows in one order.
+/// Adds `rows` (all of them stored by this transaction) whose energy is
+/// final to every level of the stream's rollups; the others, register
+/// readings that arrived late for their device, are rolled up once their
+/// energy is derived ([`crate::registers`]). Keys are sorted so concurrent
+/// transactions lock rollup rows in one order.
 pub async fn add_rollups<R: StreamReading>(
     conn: &mut PgConnection,
-    rows: &[&R],
+    rows: &[HistoryRow<'_, R>],
 ) -> Result<(), sqlx::Error> {
+    let rows: Vec<&HistoryRow<'_, R>> = rows.iter().filter(|row| row.is_final()).collect();
     if rows.is_empty() {
         return Ok(());
     }
     let stream = R::STREAM;
     for level in stream.levels {
         let mut buckets: BTreeMap<(&DeviceId, DateTime<Utc>), Hour> = BTreeMap::new();
-        for row in rows {
+        for row in &rows {
             buckets
                 .entry((
-                    row.device(),
-                    bucket_end(row.recorded_at(), level.width_micros),
+                    row.reading.device(),
+                    bucket_end(row.reading.recorded_at(), level.width_micros),
                 ))
                 .or_insert_with(|| Hour::new(stream))
-                .add(*row);
+                .add(row);
         }
         let statement = stream.rollup_upsert(level);
         let mut query = sqlx::query(&statement)

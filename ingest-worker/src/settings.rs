@@ -9,6 +9,7 @@ use kafka_kit::KafkaArgs;
 use rdkafka::config::ClientConfig;
 use service_kit::config::{DbArgs, ValidationArgs};
 use service_kit::http::HttpLimits;
+use shared::register::RegisterRules;
 
 use crate::partitions::{DAYS_AHEAD, MAX_PARTITION_DAYS};
 use crate::pipeline::BatchLimits;
@@ -101,6 +102,19 @@ pub struct WorkerArgs {
     #[arg(long, env = "PARTITION_UPKEEP_INTERVAL_SECS", default_value_t = 600)]
     pub partition_upkeep_interval_secs: u64,
 
+    /// Most power a device can plausibly deliver or draw, in kW: a register
+    /// rising faster than this over the elapsed time is an implausible jump,
+    /// not counted, flagged in current state and in
+    /// energy_worker_register_jumps_total. 1,000 kW is above any car or bus
+    /// charger; raise it for megawatt truck chargers
+    #[arg(long, env = "REGISTER_MAX_KW", default_value_t = RegisterRules::DEFAULT_MAX_KW)]
+    pub register_max_kw: f64,
+
+    /// A register falling by at most this many kWh is float jitter (no
+    /// energy), not a reset (the new count is the interval's energy)
+    #[arg(long, env = "REGISTER_RESET_TOLERANCE_KWH", default_value_t = RegisterRules::DEFAULT_RESET_TOLERANCE_KWH)]
+    pub register_reset_tolerance_kwh: f64,
+
     /// Days of hourly rollups kept (longer than raw readings: RETENTION_DAYS)
     #[arg(long, env = "ROLLUP_RETENTION_DAYS", default_value_t = 730)]
     pub rollup_retention_days: u32,
@@ -126,7 +140,23 @@ impl WorkerArgs {
              partitions are kept from the retention cutoff through {DAYS_AHEAD} days ahead, \
              at most {MAX_PARTITION_DAYS} days"
         );
+        let (max_kw, tolerance) = (self.register_max_kw, self.register_reset_tolerance_kwh);
+        anyhow::ensure!(
+            max_kw.is_finite() && max_kw > 0.0,
+            "REGISTER_MAX_KW ({max_kw}) must be a positive number of kW"
+        );
+        anyhow::ensure!(
+            tolerance.is_finite() && tolerance >= 0.0,
+            "REGISTER_RESET_TOLERANCE_KWH ({tolerance}) must be a number of kWh, 0 or more"
+        );
         Ok(())
+    }
+
+    pub fn register_rules(&self) -> RegisterRules {
+        RegisterRules {
+            max_kw: self.register_max_kw,
+            reset_tolerance_kwh: self.register_reset_tolerance_kwh,
+        }
     }
 
     pub fn dead_letter_topic(&self) -> String {

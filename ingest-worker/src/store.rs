@@ -5,22 +5,25 @@
 //! retried request, a redelivery after a crash), COPY aborts on the primary
 //! key; the batch is then redone through temporary staging tables with
 //! `INSERT .. ON CONFLICT DO NOTHING`, so the first stored reading wins.
-//! Hourly rollups are added in the same transaction, from exactly the rows
-//! stored ([`crate::rollup`]). Current state is upserted from the newest
-//! reading per device in the batch and only ever moves forward in event time.
-//! Vehicles and meters take the same path, each described by its
-//! [`crate::stream::Stream`].
+//! Rollups are added in the same transaction, from exactly the rows stored
+//! ([`crate::rollup`]). Current state is upserted first, from the newest
+//! reading per device in the batch, and only ever moves forward in event
+//! time; the upsert also locks the batch's devices, which the derivation of
+//! register readings' energy relies on ([`crate::registers`]). Vehicles and
+//! meters take the same path, each described by its [`crate::stream::Stream`].
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use shared::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, VehicleReading};
+use shared::register::{Previous, RegisterRules};
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, PgPool};
 
 use crate::copy::encode_rows;
+use crate::registers::{self, Moved};
 use crate::rollup;
-use crate::stream::{Stream, StreamReading};
+use crate::stream::{HistoryRow, Stream, StreamReading};
 
 /// What a committed batch changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct BatchOutcome {
     /// Readings and assignments not stored because they were already there
     /// (in the database or earlier in the same batch).
     pub duplicates: u64,
+    /// Register readings newly found to jump implausibly (not counted).
+    pub register_jumps: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.meter_rows += other.meter_rows;
         self.assignment_rows += other.assignment_rows;
         self.duplicates += other.duplicates;
+        self.register_jumps += other.register_jumps;
     }
 }
 
@@ -152,10 +158,21 @@ enum HistoryPath {
     Staged,
 }
 
-/// Writes a batch in one transaction and commits it.
-#[tracing::instrument(skip_all, fields(readings = tracing::field::Empty))]
+/// Writes a batch in one transaction and commits it, with the default
+/// [`RegisterRules`].
 pub async fn write_batch<'a>(
     pool: &PgPool,
+    readings: impl IntoIterator<Item = &'a Reading>,
+) -> Result<BatchOutcome, WriteError> {
+    write_batch_with(pool, RegisterRules::default(), readings).await
+}
+
+/// Writes a batch in one transaction and commits it; register readings'
+/// energy is derived by `rules`.
+#[tracing::instrument(skip_all, fields(readings = tracing::field::Empty))]
+pub async fn write_batch_with<'a>(
+    pool: &PgPool,
+    rules: RegisterRules,
     readings: impl IntoIterator<Item = &'a Reading>,
 ) -> Result<BatchOutcome, WriteError> {
     let rows = BatchRows::split(readings);
@@ -166,12 +183,12 @@ pub async fn write_batch<'a>(
             ..BatchOutcome::default()
         });
     }
-    match write_in_transaction(pool, &rows, HistoryPath::Direct).await {
+    match write_in_transaction(pool, rules, &rows, HistoryPath::Direct).await {
         Err(error) if is_unique_violation(&error) => {
             tracing::debug!(
                 "batch holds readings already stored, redoing it through staging tables"
             );
-            write_in_transaction(pool, &rows, HistoryPath::Staged).await
+            write_in_transaction(pool, rules, &rows, HistoryPath::Staged).await
         }
         other => other,
     }
@@ -180,35 +197,63 @@ pub async fn write_batch<'a>(
 
 async fn write_in_transaction(
     pool: &PgPool,
+    rules: RegisterRules,
     rows: &BatchRows<'_>,
     path: HistoryPath,
 ) -> Result<BatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let vehicle_rows = write_history(&mut tx, &rows.vehicles, path).await?;
-    let meter_rows = write_history(&mut tx, &rows.meters, path).await?;
+    let vehicles = write_stream(&mut tx, rules, &rows.vehicles, path).await?;
+    let meters = write_stream(&mut tx, rules, &rows.meters, path).await?;
     let assignment_rows = insert_assignments(&mut tx, &rows.assignments).await?;
-    upsert_current(&mut tx, &rows.vehicles).await?;
-    upsert_current(&mut tx, &rows.meters).await?;
     tx.commit().await?;
-    let stored = vehicle_rows + meter_rows + assignment_rows;
+    let stored = vehicles.stored + meters.stored + assignment_rows;
     Ok(BatchOutcome {
-        vehicle_rows,
-        meter_rows,
+        vehicle_rows: vehicles.stored,
+        meter_rows: meters.stored,
         assignment_rows,
         duplicates: rows.duplicates_in_batch + (rows.n_rows() - stored),
+        register_jumps: vehicles.register_jumps + meters.register_jumps,
     })
 }
 
-/// Stores one stream's history rows and their rollups; returns how many
-/// rows were stored (on the staged path, duplicates are not).
-async fn write_history<R: StreamReading>(
+/// What one stream's part of a batch changed.
+#[derive(Default)]
+struct StreamWrite {
+    /// History rows stored (on the staged path, duplicates are not).
+    stored: u64,
+    register_jumps: u64,
+}
+
+/// Stores one stream's part of a batch: current state (first: it locks the
+/// devices), history and rollups, and the energy of register readings.
+async fn write_stream<R: StreamReading>(
     conn: &mut PgConnection,
+    rules: RegisterRules,
     rows: &[&R],
     path: HistoryPath,
-) -> Result<u64, sqlx::Error> {
+) -> Result<StreamWrite, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(StreamWrite::default());
     }
+    let moved = upsert_current(conn, rows).await?;
+    let plan = registers::plan(conn, rules, rows, &moved).await?;
+    let history: Vec<HistoryRow<R>> = rows.iter().map(|row| plan.history_row(*row)).collect();
+    let (stored, inserted) = write_history(conn, &history, path).await?;
+    let register_jumps = plan.finish::<R>(conn, inserted.as_ref()).await?;
+    Ok(StreamWrite {
+        stored,
+        register_jumps,
+    })
+}
+
+/// Stores one stream's history rows and the rollups of those whose energy
+/// is final; returns how many rows were stored and, on the staged path
+/// (where duplicates are not), the devices that had one stored.
+async fn write_history<R: StreamReading>(
+    conn: &mut PgConnection,
+    rows: &[HistoryRow<'_, R>],
+    path: HistoryPath,
+) -> Result<(u64, Option<HashSet<String>>), sqlx::Error> {
     let stream = R::STREAM;
     let copy_data = encode_rows(rows);
     match path {
@@ -216,14 +261,24 @@ async fn write_history<R: StreamReading>(
             let stored =
                 copy_binary(conn, &stream.copy_statement(stream.history), copy_data).await?;
             rollup::add_rollups(conn, rows).await?;
-            Ok(stored)
+            Ok((stored, None))
         }
         HistoryPath::Staged => {
             let staging = stage(conn, stream, copy_data).await?;
-            let inserted: i64 = sqlx::query_scalar(&stream.staged_insert(&staging))
-                .fetch_one(conn)
-                .await?;
-            Ok(inserted as u64)
+            // Rolls up the interval readings it inserted.
+            let (inserted, devices): (i64, Vec<String>) =
+                sqlx::query_as(&stream.staged_insert(&staging))
+                    .fetch_one(&mut *conn)
+                    .await?;
+            // Register readings derived in order are newer than anything
+            // stored, so none of them was a duplicate.
+            let derived: Vec<HistoryRow<R>> = rows
+                .iter()
+                .filter(|row| row.derived.is_some())
+                .copied()
+                .collect();
+            rollup::add_rollups(conn, &derived).await?;
+            Ok((inserted as u64, Some(devices.into_iter().collect())))
         }
     }
 }
@@ -306,32 +361,61 @@ fn newest_per_device<'a, R: StreamReading>(rows: &[&'a R]) -> Vec<&'a R> {
     rows
 }
 
-/// Moves each device's current state forward to its newest reading of the batch.
+/// Moves each device's current state forward to its newest reading of the
+/// batch, locking every device's row until commit; returns the devices
+/// that report registers and moved, with the reading they moved from. A
+/// register reading's energy is written as NaN here and corrected by
+/// [`registers::Plan::finish`].
 async fn upsert_current<R: StreamReading>(
     conn: &mut PgConnection,
     rows: &[&R],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let newest = newest_per_device(rows);
+) -> Result<Moved, sqlx::Error> {
+    let with_registers: HashSet<&DeviceId> = rows
+        .iter()
+        .filter(|row| row.energy().register().is_some())
+        .map(|row| row.device())
+        .collect();
+    let newest: Vec<HistoryRow<R>> = newest_per_device(rows)
+        .into_iter()
+        .map(|reading| HistoryRow {
+            reading,
+            derived: None,
+        })
+        .collect();
     let statement = R::STREAM.current_upsert();
-    let mut query = sqlx::query(&statement)
+    let mut query = sqlx::query_as(&statement)
         .bind(
             newest
                 .iter()
-                .map(|r| r.device().as_str())
+                .map(|r| r.reading.device().as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(
             newest
                 .iter()
-                .map(|r| r.recorded_at().instant())
+                .map(|r| r.reading.recorded_at().instant())
                 .collect::<Vec<_>>(),
         );
     for index in 0..R::STREAM.fields.len() {
-        query = query.bind(newest.iter().map(|r| r.field(index)).collect::<Vec<_>>());
+        query = query.bind(newest.iter().map(|r| r.value(index)).collect::<Vec<_>>());
     }
-    query.execute(conn).await?;
-    Ok(())
+    let moved: Vec<(String, Option<DateTime<Utc>>, Option<f64>)> = query
+        .bind(
+            newest
+                .iter()
+                .map(|r| with_registers.contains(r.reading.device()))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
+        .await?;
+    Ok(moved
+        .into_iter()
+        .map(|(device, superseded_at, register)| {
+            let previous = superseded_at.map(|at| Previous {
+                recorded_at: EventTime::new(at),
+                register,
+            });
+            (device, previous)
+        })
+        .collect())
 }

@@ -8,7 +8,8 @@
 //! Which tables are partitioned, and how, is the schema's own list
 //! (`energy_partitioned_tables`, read by [`crate::partitions`]).
 
-use shared::domain::{DeviceId, EventTime, MeterReading, VehicleReading};
+use shared::domain::{DeviceId, Energy, EventTime, MeterReading, VehicleReading};
+use shared::register::Derived;
 
 /// How a rollup column folds one field over an hour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +100,12 @@ pub struct Stream {
     /// The measured columns (float8), after the device and `recorded_at`, in
     /// history and current state alike.
     pub fields: &'static [&'static str],
+    /// Index into `fields` of the interval's energy: stated by the reading,
+    /// or derived from registers ([`crate::registers`]).
+    pub energy_field: usize,
+    /// Index into `fields` of the cumulative register, NULL for readings
+    /// that state their interval's energy.
+    pub register_field: usize,
     /// The rollup's columns after `readings`.
     pub rollups: &'static [RollupColumn],
 }
@@ -121,7 +128,9 @@ pub const VEHICLES: Stream = Stream {
     ],
     current: "vehicles_current",
     device: "vehicle_id",
-    fields: &["soc", "kwh_delivered_dc", "battery_temp"],
+    fields: &["soc", "kwh_delivered_dc", "battery_temp", "kwh_register_dc"],
+    energy_field: 1,
+    register_field: 3,
     rollups: &[
         RollupColumn {
             column: "sum_dc",
@@ -154,7 +163,9 @@ pub const METERS: Stream = Stream {
     ],
     current: "meters_current",
     device: "meter_id",
-    fields: &["kwh_consumed_ac", "voltage"],
+    fields: &["kwh_consumed_ac", "voltage", "kwh_register_ac"],
+    energy_field: 0,
+    register_field: 2,
     rollups: &[
         RollupColumn {
             column: "sum_ac",
@@ -195,8 +206,12 @@ pub trait StreamReading: Sync {
 
     fn device(&self) -> &DeviceId;
     fn recorded_at(&self) -> EventTime;
-    /// The value of `STREAM.fields[index]`.
-    fn field(&self, index: usize) -> f64;
+    /// The value of `STREAM.fields[index]` as the reading states it: `None`
+    /// for the register of an interval reading and for the energy of a
+    /// register reading (derived, [`HistoryRow`]).
+    fn field(&self, index: usize) -> Option<f64>;
+    /// What the reading says of energy.
+    fn energy(&self) -> Energy;
 }
 
 impl StreamReading for VehicleReading {
@@ -210,8 +225,17 @@ impl StreamReading for VehicleReading {
         self.recorded_at
     }
 
-    fn field(&self, index: usize) -> f64 {
-        [self.soc, self.kwh_delivered_dc, self.battery_temp][index]
+    fn field(&self, index: usize) -> Option<f64> {
+        [
+            Some(self.soc),
+            self.dc.interval(),
+            Some(self.battery_temp),
+            self.dc.register(),
+        ][index]
+    }
+
+    fn energy(&self) -> Energy {
+        self.dc
     }
 }
 
@@ -226,8 +250,55 @@ impl StreamReading for MeterReading {
         self.recorded_at
     }
 
-    fn field(&self, index: usize) -> f64 {
-        [self.kwh_consumed_ac, self.voltage][index]
+    fn field(&self, index: usize) -> Option<f64> {
+        [self.ac.interval(), Some(self.voltage), self.ac.register()][index]
+    }
+
+    fn energy(&self) -> Energy {
+        self.ac
+    }
+}
+
+/// A reading on its way into history, with the energy derived for it when
+/// it carries a register.
+pub struct HistoryRow<'a, R> {
+    pub reading: &'a R,
+    /// `None` for an interval reading, and for a register reading whose
+    /// energy is derived after the insert (it arrived late for its device).
+    pub derived: Option<Derived>,
+}
+
+impl<R> Clone for HistoryRow<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for HistoryRow<'_, R> {}
+
+impl<R: StreamReading> HistoryRow<'_, R> {
+    /// The value stored in `STREAM.fields[index]`.
+    pub fn value(&self, index: usize) -> Option<f64> {
+        if index != R::STREAM.energy_field {
+            return self.reading.field(index);
+        }
+        Some(match (self.reading.energy(), self.derived) {
+            (Energy::Interval(kwh), _) => kwh,
+            (Energy::Register(_), Some(derived)) => derived.energy(),
+            // Derived later in the same transaction. NaN marks the row as
+            // not derived yet, and would poison any sum that read it.
+            (Energy::Register(_), None) => f64::NAN,
+        })
+    }
+
+    pub fn is_register_jump(&self) -> bool {
+        self.derived.is_some_and(Derived::is_jump)
+    }
+
+    /// Whether the energy written is final, so the row can be rolled up as
+    /// it is inserted.
+    pub fn is_final(&self) -> bool {
+        self.reading.energy().interval().is_some() || self.derived.is_some()
     }
 }
 
@@ -240,11 +311,29 @@ fn float8_arrays(first: usize, n: usize) -> String {
 }
 
 impl Stream {
-    /// The history columns in COPY order: device, `recorded_at`, fields.
+    /// The history columns in COPY order: device, `recorded_at`, fields,
+    /// `register_jump`.
     pub fn history_columns(&self) -> String {
         let mut columns = vec![self.device, "recorded_at"];
         columns.extend(self.fields);
+        columns.push("register_jump");
         columns.join(", ")
+    }
+
+    pub fn energy(&self) -> &'static str {
+        self.fields[self.energy_field]
+    }
+
+    pub fn register(&self) -> &'static str {
+        self.fields[self.register_field]
+    }
+
+    /// The rollup columns' aggregates over history rows, in order.
+    fn rollup_aggregates(&self) -> Vec<String> {
+        self.rollups
+            .iter()
+            .map(|r| format!("{}({})", r.aggregate.sql_function(), self.fields[r.field]))
+            .collect()
     }
 
     /// `COPY table (columns) FROM STDIN (FORMAT binary)` into `table`
@@ -286,19 +375,54 @@ impl Stream {
         )
     }
 
+    /// Recomputes buckets of `level` from the raw readings and replaces
+    /// what is stored: `$1` devices, `$2` bucket ends (each bucket holds a
+    /// reading, so none comes out empty).
+    pub fn rollup_rebuild(&self, level: &RollupLevel) -> String {
+        let aggregates: Vec<String> = self
+            .rollup_aggregates()
+            .into_iter()
+            .zip(self.rollups)
+            .map(|(aggregate, r)| format!("{aggregate} AS {}", r.column))
+            .collect();
+        let sets: Vec<String> = std::iter::once("readings")
+            .chain(self.rollups.iter().map(|r| r.column))
+            .map(|column| format!("{column} = EXCLUDED.{column}"))
+            .collect();
+        // LATERAL: one probe of the device's key per bucket, pruned at run
+        // time to the bucket's partition.
+        format!(
+            "INSERT INTO {table} AS h ({columns})
+             SELECT b.device, b.bucket_end, r.*
+             FROM UNNEST($1::text[], $2::timestamptz[]) AS b(device, bucket_end)
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS readings, {aggregates} FROM {history} x
+                 WHERE x.{device} = b.device
+                   AND x.recorded_at > b.bucket_end - interval '{width}' AND x.recorded_at <= b.bucket_end
+             ) AS r
+             ON CONFLICT ({device}, {end}) DO UPDATE SET {sets}",
+            table = level.table,
+            columns = self.rollup_columns(level),
+            aggregates = aggregates.join(", "),
+            history = self.history,
+            device = self.device,
+            width = level.width_sql,
+            end = level.end_column,
+            sets = sets.join(", "),
+        )
+    }
+
     /// Inserts the rows of `staging` that are not stored yet and rolls up
-    /// exactly those, at every level (so a duplicate never counts twice);
-    /// returns how many it inserted. Rollup rows are locked in byte order
+    /// exactly those, at every level (so a duplicate never counts twice),
+    /// but register readings: [`crate::registers`] rolls them up once their
+    /// energy is derived. Returns how many it inserted and the devices
+    /// they are of. Rollup rows are locked in byte order
     /// of the device id, the order the direct path sorts them in Rust,
     /// whatever the database's collation: two workers taking the two paths
     /// over the same devices cannot deadlock.
     pub fn staged_insert(&self, staging: &str) -> String {
         let columns = self.history_columns();
-        let aggregates: Vec<String> = self
-            .rollups
-            .iter()
-            .map(|r| format!("{}({})", r.aggregate.sql_function(), self.fields[r.field]))
-            .collect();
+        let aggregates = self.rollup_aggregates();
         let rolled: Vec<String> = self
             .levels
             .iter()
@@ -308,12 +432,13 @@ impl Stream {
                     "rolled_{i} AS (
                  INSERT INTO {table} AS h ({rollup_columns})
                  SELECT {device}, energy_bucket_end(recorded_at, interval '{width}'), count(*), {aggregates}
-                 FROM inserted GROUP BY 1, 2 ORDER BY {device} COLLATE \"C\", 2
+                 FROM inserted WHERE {register} IS NULL GROUP BY 1, 2 ORDER BY {device} COLLATE \"C\", 2
                  {merge}
              )",
                     table = level.table,
                     rollup_columns = self.rollup_columns(level),
                     device = self.device,
+                    register = self.register(),
                     width = level.width_sql,
                     aggregates = aggregates.join(", "),
                     merge = self.rollup_merge(level),
@@ -326,32 +451,48 @@ impl Stream {
                  ON CONFLICT DO NOTHING
                  RETURNING {columns}
              ), {rolled}
-             SELECT count(*) FROM inserted",
+             SELECT count(*), coalesce(array_agg(DISTINCT {device}), '{{}}') FROM inserted",
             history = self.history,
             rolled = rolled.join(", "),
+            device = self.device,
         )
     }
 
     /// Upserts the newest reading per device: `$1` devices, `$2` event
-    /// times, then one float8 array per field. The `WHERE` clause makes
-    /// current state move forward in event time only: an older or equally
-    /// old reading never replaces the stored one.
+    /// times, one float8 array per field, then whether the batch holds a
+    /// register reading of the device. The `WHERE` clause makes current
+    /// state move forward in event time only: an older or equally old
+    /// reading never replaces the stored one (but its row is locked all
+    /// the same, until commit). Returns, for the devices that report
+    /// registers and moved forward, the reading they moved from (NULLs for
+    /// a new device): what [`crate::registers`] derives in-order readings from.
     pub fn current_upsert(&self) -> String {
         let sets: Vec<String> = self
             .fields
             .iter()
             .map(|field| format!("{field} = EXCLUDED.{field}"))
             .collect();
+        let mut columns = vec![self.device, "recorded_at"];
+        columns.extend(self.fields);
+        columns.push("reports_registers");
         format!(
-            "INSERT INTO {current} ({columns})
-             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], {arrays})
-             ON CONFLICT ({device}) DO UPDATE SET
-                 recorded_at = EXCLUDED.recorded_at, {sets}, updated_at = now()
-             WHERE {current}.recorded_at < EXCLUDED.recorded_at",
+            "WITH moved AS (
+                 INSERT INTO {current} AS c ({columns})
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], {arrays}, ${flags}::bool[])
+                 ON CONFLICT ({device}) DO UPDATE SET
+                     recorded_at = EXCLUDED.recorded_at, {sets}, updated_at = now(),
+                     reports_registers = c.reports_registers OR EXCLUDED.reports_registers,
+                     superseded_at = c.recorded_at, superseded_register = c.{register}
+                 WHERE c.recorded_at < EXCLUDED.recorded_at
+                 RETURNING {device}, reports_registers, superseded_at, superseded_register
+             )
+             SELECT {device}, superseded_at, superseded_register FROM moved WHERE reports_registers",
             current = self.current,
-            columns = self.history_columns(),
+            columns = columns.join(", "),
             arrays = float8_arrays(3, self.fields.len()),
+            flags = 3 + self.fields.len(),
             device = self.device,
+            register = self.register(),
             sets = sets.join(", "),
         )
     }
@@ -378,7 +519,10 @@ mod tests {
         for stream in [&VEHICLES, &METERS] {
             for rollup in stream.rollups {
                 assert!(rollup.field < stream.fields.len(), "{}", rollup.column);
+                assert_ne!(rollup.field, stream.register_field, "{}", rollup.column);
             }
+            assert!(stream.energy().starts_with("kwh_"));
+            assert!(stream.register().starts_with("kwh_register_"));
         }
     }
 
@@ -386,7 +530,8 @@ mod tests {
     fn the_generated_statements_name_every_column() {
         assert_eq!(
             METERS.copy_statement("meter_readings"),
-            "COPY meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage) FROM STDIN (FORMAT binary)"
+            "COPY meter_readings (meter_id, recorded_at, kwh_consumed_ac, voltage, kwh_register_ac, \
+             register_jump) FROM STDIN (FORMAT binary)"
         );
         assert_eq!(
             VEHICLES.rollup_upsert(&VEHICLES.levels[0]),

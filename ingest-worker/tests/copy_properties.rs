@@ -1,7 +1,8 @@
 //! The binary COPY encoder, as a property: arbitrary valid readings (any
 //! Unicode id the rules allow, COPY and SQL metacharacters included, any
-//! value in range, microsecond timestamps) written by the worker's store
-//! come back from PostgreSQL unchanged, bit for bit.
+//! value in range, microsecond timestamps, interval energies and registers)
+//! written by the worker's store come back from PostgreSQL unchanged, bit
+//! for bit. (A register reading's energy is derived, `tests/registers.rs`.)
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use ingest_worker::store::write_batch;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use shared::domain::{DeviceId, EventTime, MeterReading, Reading, VehicleReading};
+use shared::domain::{DeviceId, Energy, EventTime, MeterReading, Reading, VehicleReading};
 use test_support::postgres::fresh_database;
 
 fn device_id() -> impl Strategy<Value = DeviceId> {
@@ -30,46 +31,68 @@ fn event_time() -> impl Strategy<Value = EventTime> {
         .prop_map(|micros_ago| EventTime::new(Utc::now() - TimeDelta::microseconds(micros_ago)))
 }
 
+fn energy() -> impl Strategy<Value = Energy> {
+    prop_oneof![
+        (0.0f64..=1_000_000.0).prop_map(Energy::Interval),
+        (0.0f64..=1_000_000_000.0).prop_map(Energy::Register),
+    ]
+}
+
 fn reading() -> impl Strategy<Value = Reading> {
     prop_oneof![
         (
             device_id(),
             event_time(),
             0.0f64..=100.0,
-            0.0f64..=1_000_000.0,
+            energy(),
             -60.0f64..=120.0
         )
-            .prop_map(
-                |(vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)| {
-                    Reading::Vehicle(VehicleReading {
-                        vehicle_id,
-                        recorded_at,
-                        soc,
-                        kwh_delivered_dc,
-                        battery_temp,
-                    })
-                }
-            ),
-        (
-            device_id(),
-            event_time(),
-            0.0f64..=1_000_000.0,
-            0.0f64..=2000.0
-        )
-            .prop_map(|(meter_id, recorded_at, kwh_consumed_ac, voltage)| {
+            .prop_map(|(vehicle_id, recorded_at, soc, dc, battery_temp)| {
+                Reading::Vehicle(VehicleReading {
+                    vehicle_id,
+                    recorded_at,
+                    soc,
+                    dc,
+                    battery_temp,
+                })
+            }),
+        (device_id(), event_time(), energy(), 0.0f64..=2000.0).prop_map(
+            |(meter_id, recorded_at, ac, voltage)| {
                 Reading::Meter(MeterReading {
                     meter_id,
                     recorded_at,
-                    kwh_consumed_ac,
+                    ac,
                     voltage,
                 })
-            }),
+            }
+        ),
     ]
 }
 
-type Row = (String, DateTime<Utc>, Vec<u64>);
+/// The bits of an energy as stored: the interval's and no register, or the
+/// register (its interval's energy is derived, so not compared here).
+fn energy_bits(energy: Energy) -> [Option<u64>; 2] {
+    match energy {
+        Energy::Interval(kwh) => [Some(kwh.to_bits()), None],
+        Energy::Register(kwh) => [None, Some(kwh.to_bits())],
+    }
+}
+
+/// The same from the stored columns.
+fn stored_energy_bits(energy: f64, register: Option<f64>) -> [Option<u64>; 2] {
+    match register {
+        None => [Some(energy.to_bits()), None],
+        Some(kwh) => [None, Some(kwh.to_bits())],
+    }
+}
+
+type Row = (String, DateTime<Utc>, Vec<Option<u64>>);
+/// A stored vehicle row: id, time, soc, energy, temperature, register.
+type StoredVehicle = (String, DateTime<Utc>, f64, f64, f64, Option<f64>);
+/// A stored meter row: id, time, energy, voltage, register.
+type StoredMeter = (String, DateTime<Utc>, f64, f64, Option<f64>);
 /// Rows by (id, time): the bits of their values.
-type Rows = BTreeMap<(String, DateTime<Utc>), Vec<u64>>;
+type Rows = BTreeMap<(String, DateTime<Utc>), Vec<Option<u64>>>;
 
 /// The rows a batch should leave: one per (id, time), the first one sent.
 fn expected(readings: &[Reading]) -> (Rows, Rows) {
@@ -80,17 +103,20 @@ fn expected(readings: &[Reading]) -> (Rows, Rows) {
                 vehicles
                     .entry((v.vehicle_id.as_str().to_owned(), v.recorded_at.instant()))
                     .or_insert_with(|| {
-                        vec![
-                            v.soc.to_bits(),
-                            v.kwh_delivered_dc.to_bits(),
-                            v.battery_temp.to_bits(),
-                        ]
+                        let mut values =
+                            vec![Some(v.soc.to_bits()), Some(v.battery_temp.to_bits())];
+                        values.extend(energy_bits(v.dc));
+                        values
                     });
             }
             Reading::Meter(m) => {
                 meters
                     .entry((m.meter_id.as_str().to_owned(), m.recorded_at.instant()))
-                    .or_insert_with(|| vec![m.kwh_consumed_ac.to_bits(), m.voltage.to_bits()]);
+                    .or_insert_with(|| {
+                        let mut values = vec![Some(m.voltage.to_bits())];
+                        values.extend(energy_bits(m.ac));
+                        values
+                    });
             }
             Reading::Assignment(_) => {}
         }
@@ -120,14 +146,15 @@ async fn binary_copy_round_trips_arbitrary_valid_readings() {
                     .await
                     .unwrap();
                 write_batch(&db.pool, &readings).await.unwrap();
-                let vehicles: Vec<(String, DateTime<Utc>, f64, f64, f64)> = sqlx::query_as(
-                    "SELECT vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp FROM vehicle_readings",
+                let vehicles: Vec<StoredVehicle> = sqlx::query_as(
+                    "SELECT vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp, kwh_register_dc
+                     FROM vehicle_readings",
                 )
                 .fetch_all(&db.pool)
                 .await
                 .unwrap();
-                let meters: Vec<(String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
-                    "SELECT meter_id, recorded_at, kwh_consumed_ac, voltage FROM meter_readings",
+                let meters: Vec<StoredMeter> = sqlx::query_as(
+                    "SELECT meter_id, recorded_at, kwh_consumed_ac, voltage, kwh_register_ac FROM meter_readings",
                 )
                 .fetch_all(&db.pool)
                 .await
@@ -136,13 +163,21 @@ async fn binary_copy_round_trips_arbitrary_valid_readings() {
                 let got_vehicles = by_key(
                     vehicles
                         .into_iter()
-                        .map(|(id, at, a, b, c)| (id, at, vec![a.to_bits(), b.to_bits(), c.to_bits()]))
+                        .map(|(id, at, soc, dc, temp, register)| {
+                            let mut values = vec![Some(soc.to_bits()), Some(temp.to_bits())];
+                            values.extend(stored_energy_bits(dc, register));
+                            (id, at, values)
+                        })
                         .collect(),
                 );
                 let got_meters = by_key(
                     meters
                         .into_iter()
-                        .map(|(id, at, a, b)| (id, at, vec![a.to_bits(), b.to_bits()]))
+                        .map(|(id, at, ac, voltage, register)| {
+                            let mut values = vec![Some(voltage.to_bits())];
+                            values.extend(stored_energy_bits(ac, register));
+                            (id, at, values)
+                        })
                         .collect(),
                 );
                 prop_assert_eq!(got_vehicles, want_vehicles);

@@ -64,7 +64,8 @@ async fn a_batch_lands_in_history_current_state_and_assignments() {
             vehicle_rows: 3,
             meter_rows: 2,
             assignment_rows: 2,
-            duplicates: 0
+            duplicates: 0,
+            register_jumps: 0,
         }
     );
     assert_eq!(db.count("SELECT count(*) FROM vehicle_readings").await, 3);
@@ -121,7 +122,8 @@ async fn duplicates_are_stored_once_and_the_first_one_wins() {
             vehicle_rows: 1,
             meter_rows: 0,
             assignment_rows: 1,
-            duplicates: 3
+            duplicates: 3,
+            register_jumps: 0,
         }
     );
     // And the assignment again: a duplicate too.

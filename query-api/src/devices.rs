@@ -1,4 +1,5 @@
-//! Current state of a device: its newest reading by event time.
+//! Current state of a device: its newest reading by event time, and for
+//! devices that report registers, the register and its implausible jumps.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -16,18 +17,51 @@ use crate::state::AppState;
 pub struct VehicleState {
     vehicle_id: String,
     soc: f64,
+    /// The newest reading's interval energy: as stated, or derived from its register.
     kwh_delivered_dc: f64,
+    /// The newest reading's cumulative register, when it carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kwh_register_dc: Option<f64>,
     battery_temp: f64,
+    #[serde(flatten)]
+    registers: RegisterState,
     timestamp: String,
     updated_at: String,
+}
+
+/// What a device's registers did that was not counted.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterState {
+    /// Stored register readings whose rise was implausible for the elapsed
+    /// time (above REGISTER_MAX_KW): their intervals are not counted.
+    register_jumps: i64,
+    /// Event time of the newest reading flagged so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_register_jump_at: Option<String>,
+}
+
+impl RegisterState {
+    fn new(register_jumps: i64, last_register_jump_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            register_jumps,
+            last_register_jump_at: last_register_jump_at.map(format_timestamp),
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterState {
     meter_id: String,
+    /// The newest reading's interval energy: as stated, or derived from its register.
     kwh_consumed_ac: f64,
+    /// The newest reading's cumulative register, when it carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kwh_register_ac: Option<f64>,
     voltage: f64,
+    #[serde(flatten)]
+    registers: RegisterState,
     timestamp: String,
     updated_at: String,
 }
@@ -36,7 +70,10 @@ pub struct MeterState {
 struct VehicleRow {
     soc: f64,
     kwh_delivered_dc: f64,
+    kwh_register_dc: Option<f64>,
     battery_temp: f64,
+    register_jumps: i64,
+    last_register_jump_at: Option<DateTime<Utc>>,
     recorded_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -44,7 +81,10 @@ struct VehicleRow {
 #[derive(sqlx::FromRow)]
 struct MeterRow {
     kwh_consumed_ac: f64,
+    kwh_register_ac: Option<f64>,
     voltage: f64,
+    register_jumps: i64,
+    last_register_jump_at: Option<DateTime<Utc>>,
     recorded_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -66,7 +106,8 @@ pub async fn vehicle(
     let Path(raw_id) = raw_id?;
     let id = device_id("vehicleId", &raw_id)?;
     let row: Option<VehicleRow> = sqlx::query_as(
-        "SELECT soc, kwh_delivered_dc, battery_temp, recorded_at, updated_at
+        "SELECT soc, kwh_delivered_dc, kwh_register_dc, battery_temp, register_jumps,
+                last_register_jump_at, recorded_at, updated_at
          FROM vehicles_current WHERE vehicle_id = $1",
     )
     .bind(id.as_str())
@@ -79,7 +120,9 @@ pub async fn vehicle(
         vehicle_id: id.to_string(),
         soc: row.soc,
         kwh_delivered_dc: row.kwh_delivered_dc,
+        kwh_register_dc: row.kwh_register_dc,
         battery_temp: row.battery_temp,
+        registers: RegisterState::new(row.register_jumps, row.last_register_jump_at),
         timestamp: format_timestamp(row.recorded_at),
         updated_at: format_timestamp(row.updated_at),
     }))
@@ -102,7 +145,9 @@ pub async fn meter(
     let Path(raw_id) = raw_id?;
     let id = device_id("meterId", &raw_id)?;
     let row: Option<MeterRow> = sqlx::query_as(
-        "SELECT kwh_consumed_ac, voltage, recorded_at, updated_at FROM meters_current WHERE meter_id = $1",
+        "SELECT kwh_consumed_ac, kwh_register_ac, voltage, register_jumps, last_register_jump_at,
+                recorded_at, updated_at
+         FROM meters_current WHERE meter_id = $1",
     )
     .bind(id.as_str())
     .fetch_optional(&state.pool)
@@ -113,7 +158,9 @@ pub async fn meter(
     Ok(Json(MeterState {
         meter_id: id.to_string(),
         kwh_consumed_ac: row.kwh_consumed_ac,
+        kwh_register_ac: row.kwh_register_ac,
         voltage: row.voltage,
+        registers: RegisterState::new(row.register_jumps, row.last_register_jump_at),
         timestamp: format_timestamp(row.recorded_at),
         updated_at: format_timestamp(row.updated_at),
     }))

@@ -320,14 +320,14 @@ async fn current_state_and_health() {
     assert!(body.as_object_mut().unwrap().remove("updatedAt").is_some());
     assert_eq!(
         body,
-        json!({"vehicleId":"V-1","soc":80.0,"kwhDeliveredDc":1.25,"batteryTemp":25.5,"timestamp":"2026-02-10T10:00:00Z"})
+        json!({"vehicleId":"V-1","soc":80.0,"kwhDeliveredDc":1.25,"batteryTemp":25.5,"registerJumps":0,"timestamp":"2026-02-10T10:00:00Z"})
     );
     let (status, mut body) = api.get("/v1/meters/M-1").await;
     assert_eq!(status, 200);
     assert!(body.as_object_mut().unwrap().remove("updatedAt").is_some());
     assert_eq!(
         body,
-        json!({"meterId":"M-1","kwhConsumedAc":1.4,"voltage":231.5,"timestamp":"2026-02-10T10:00:00Z"})
+        json!({"meterId":"M-1","kwhConsumedAc":1.4,"voltage":231.5,"registerJumps":0,"timestamp":"2026-02-10T10:00:00Z"})
     );
     assert_eq!(
         reqwest::get(format!("{}/readyz", api.url))

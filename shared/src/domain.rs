@@ -101,12 +101,43 @@ impl EventTime {
     }
 }
 
+/// What a reading says of energy, in kWh.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Energy {
+    /// The energy of the interval that ends at the reading (`kwhDeliveredDc`,
+    /// `kwhConsumedAc`): a window's energy is the sum of these.
+    Interval(f64),
+    /// A cumulative register (`kwhRegisterDc`, `kwhRegisterAc`), as meters
+    /// and battery systems count: the interval's energy is this minus the
+    /// device's previous register in event time (the worker derives it).
+    Register(f64),
+}
+
+impl Energy {
+    /// The interval's energy when the reading states it.
+    pub fn interval(self) -> Option<f64> {
+        match self {
+            Energy::Interval(kwh) => Some(kwh),
+            Energy::Register(_) => None,
+        }
+    }
+
+    /// The register when the reading carries one.
+    pub fn register(self) -> Option<f64> {
+        match self {
+            Energy::Interval(_) => None,
+            Energy::Register(kwh) => Some(kwh),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct VehicleReading {
     pub vehicle_id: DeviceId,
     pub recorded_at: EventTime,
     pub soc: f64,
-    pub kwh_delivered_dc: f64,
+    /// DC energy stored: `kwhDeliveredDc` or `kwhRegisterDc`.
+    pub dc: Energy,
     pub battery_temp: f64,
 }
 
@@ -114,7 +145,8 @@ pub struct VehicleReading {
 pub struct MeterReading {
     pub meter_id: DeviceId,
     pub recorded_at: EventTime,
-    pub kwh_consumed_ac: f64,
+    /// AC energy drawn: `kwhConsumedAc` or `kwhRegisterAc`.
+    pub ac: Energy,
     pub voltage: f64,
 }
 

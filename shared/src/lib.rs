@@ -6,11 +6,14 @@
 //!   field named, and the canonical encoding published to Kafka;
 //! - [`domain`]: the validated types past the decoder (`DeviceId`,
 //!   `EventTime`, `Reading`), whose constructors enforce the rules;
-//! - [`json`]: strict JSON for untrusted input (duplicate keys refused).
+//! - [`json`]: strict JSON for untrusted input (duplicate keys refused);
+//! - [`register`]: interval energy from cumulative registers (resets,
+//!   jitter, implausible jumps), the one statement of the rule.
 //!
 //! Invariant: no async runtime, no web, database or Kafka stack
 //! (`test-support/tests/layering.rs` checks it with `cargo tree`).
 
 pub mod domain;
 pub mod json;
+pub mod register;
 pub mod wire;

@@ -12,7 +12,9 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, VehicleReading};
+use crate::domain::{
+    Assignment, DeviceId, Energy, EventTime, MeterReading, Reading, VehicleReading,
+};
 
 /// One problem with one field of one reading.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -104,6 +106,10 @@ pub const MAX_READING_BYTES: usize = 64 * 1024;
 /// interval, low enough that sums over millions of readings stay finite.
 pub const MAX_KWH_PER_READING: f64 = 1_000_000.0;
 
+/// Largest cumulative register accepted, in kWh: a lifetime count of a
+/// busy charger, with room to spare (OCPP meters count in Wh).
+pub const MAX_REGISTER_KWH: f64 = 1_000_000_000.0;
+
 /// Decodes one Kafka message payload.
 pub fn decode_message(
     payload: &[u8],
@@ -167,27 +173,27 @@ impl<'a> Fields<'a> {
     fn vehicle(&mut self, rules: &ValidationRules, now: DateTime<Utc>) -> Option<Reading> {
         let vehicle_id = self.device_id("vehicleId");
         let soc = self.number_in("soc", 0.0, 100.0);
-        let kwh_delivered_dc = self.energy("kwhDeliveredDc");
+        let dc = self.energy_report("kwhDeliveredDc", "kwhRegisterDc");
         let battery_temp = self.number_in("batteryTemp", -60.0, 120.0);
         let recorded_at = self.reading_timestamp(rules, now);
         Some(Reading::Vehicle(VehicleReading {
             vehicle_id: vehicle_id?,
             recorded_at: recorded_at?,
             soc: soc?,
-            kwh_delivered_dc: kwh_delivered_dc?,
+            dc: dc?,
             battery_temp: battery_temp?,
         }))
     }
 
     fn meter(&mut self, rules: &ValidationRules, now: DateTime<Utc>) -> Option<Reading> {
         let meter_id = self.device_id("meterId");
-        let kwh_consumed_ac = self.energy("kwhConsumedAc");
+        let ac = self.energy_report("kwhConsumedAc", "kwhRegisterAc");
         let voltage = self.number_in("voltage", 0.0, 2000.0);
         let recorded_at = self.reading_timestamp(rules, now);
         Some(Reading::Meter(MeterReading {
             meter_id: meter_id?,
             recorded_at: recorded_at?,
-            kwh_consumed_ac: kwh_consumed_ac?,
+            ac: ac?,
             voltage: voltage?,
         }))
     }
@@ -276,6 +282,49 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Exactly one of the interval's energy (`interval`) and a cumulative
+    /// register (`register`).
+    fn energy_report(&mut self, interval: &str, register: &str) -> Option<Energy> {
+        match (
+            self.object.contains_key(interval),
+            self.object.contains_key(register),
+        ) {
+            (true, false) => self.energy(interval).map(Energy::Interval),
+            (false, true) => self.register(register).map(Energy::Register),
+            (true, true) => {
+                self.errors.push(FieldError::new(
+                    register,
+                    format!(
+                        "must not be given with {interval}: a reading carries the energy of its \
+                         interval or a cumulative register, not both"
+                    ),
+                ));
+                None
+            }
+            (false, false) => {
+                self.errors.push(FieldError::new(
+                    interval,
+                    format!("is required (or {register}, a cumulative register)"),
+                ));
+                None
+            }
+        }
+    }
+
+    /// A cumulative register in kWh: not negative, and below an impossible count.
+    fn register(&mut self, field: &str) -> Option<f64> {
+        let n = self.number(field)?;
+        if (0.0..=MAX_REGISTER_KWH).contains(&n) {
+            Some(n)
+        } else {
+            self.errors.push(FieldError::new(
+                field,
+                format!("must be between 0 and {MAX_REGISTER_KWH} kWh"),
+            ));
+            None
+        }
+    }
+
     /// kWh of one reading: not negative, and below an impossible amount, so
     /// that sums over millions of readings stay finite.
     fn energy(&mut self, field: &str) -> Option<f64> {
@@ -359,13 +408,19 @@ enum WireReading<'a> {
     Vehicle {
         vehicle_id: &'a str,
         soc: f64,
-        kwh_delivered_dc: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kwh_delivered_dc: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kwh_register_dc: Option<f64>,
         battery_temp: f64,
         timestamp: String,
     },
     Meter {
         meter_id: &'a str,
-        kwh_consumed_ac: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kwh_consumed_ac: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kwh_register_ac: Option<f64>,
         voltage: f64,
         timestamp: String,
     },
@@ -387,13 +442,15 @@ pub fn encode(reading: &Reading) -> Result<Vec<u8>, serde_json::Error> {
         Reading::Vehicle(v) => WireReading::Vehicle {
             vehicle_id: v.vehicle_id.as_str(),
             soc: v.soc,
-            kwh_delivered_dc: v.kwh_delivered_dc,
+            kwh_delivered_dc: v.dc.interval(),
+            kwh_register_dc: v.dc.register(),
             battery_temp: v.battery_temp,
             timestamp: format_timestamp(v.recorded_at.instant()),
         },
         Reading::Meter(m) => WireReading::Meter {
             meter_id: m.meter_id.as_str(),
-            kwh_consumed_ac: m.kwh_consumed_ac,
+            kwh_consumed_ac: m.ac.interval(),
+            kwh_register_ac: m.ac.register(),
             voltage: m.voltage,
             timestamp: format_timestamp(m.recorded_at.instant()),
         },
@@ -592,6 +649,47 @@ mod tests {
                 "input {input}"
             );
         }
+    }
+
+    #[test]
+    fn a_reading_carries_its_interval_or_a_register_not_both() {
+        let register = without(
+            with(vehicle(), "kwhRegisterDc", json!(1234.5)),
+            "kwhDeliveredDc",
+        );
+        let Reading::Vehicle(v) = decode(register.clone()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(v.dc, Energy::Register(1234.5));
+        let encoded: Value =
+            serde_json::from_slice(&encode(&Reading::Vehicle(v)).unwrap()).unwrap();
+        assert_eq!(encoded["kwhRegisterDc"], json!(1234.5));
+        assert!(encoded.get("kwhDeliveredDc").is_none());
+        let meter = json!({"type":"METER","meterId":"M","kwhRegisterAc":0,"voltage":230,"timestamp":"2026-02-10T10:00:00Z"});
+        assert!(decode(meter).is_ok());
+        assert_eq!(
+            errors_of(with(vehicle(), "kwhRegisterDc", json!(1.0))),
+            [(
+                "kwhRegisterDc".to_owned(),
+                "must not be given with kwhDeliveredDc: a reading carries the energy of its \
+                 interval or a cumulative register, not both"
+                    .to_owned()
+            )]
+        );
+        assert_eq!(
+            errors_of(without(vehicle(), "kwhDeliveredDc")),
+            [(
+                "kwhDeliveredDc".to_owned(),
+                "is required (or kwhRegisterDc, a cumulative register)".to_owned()
+            )]
+        );
+        assert_eq!(
+            errors_of(with(register, "kwhRegisterDc", json!(-1))),
+            [(
+                "kwhRegisterDc".to_owned(),
+                "must be between 0 and 1000000000 kWh".to_owned()
+            )]
+        );
     }
 
     #[test]

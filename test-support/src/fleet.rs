@@ -1,8 +1,9 @@
 //! Generated readings with their exact expected effect on the database, for
 //! tests that must prove "nothing lost, nothing doubled".
 //!
-//! kWh values are multiples of 1/16, so every sum is exact in any order and
-//! totals can be compared with `==`.
+//! kWh values are multiples of 1/16 (1/256 for register fleets), so every
+//! sum and every register difference is exact in any order and totals can
+//! be compared with `==`.
 
 use std::collections::BTreeMap;
 
@@ -11,17 +12,20 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::kafka::RawMessage;
-use crate::readings::{key_of, meter, vehicle};
+use crate::readings::{key_of, meter, meter_register, vehicle, vehicle_register};
 
-/// Per device: number of readings, sum of kWh, (event time, value) of the
+/// Per device: number of readings, sum of kWh (for register devices, of
+/// the intervals derived from the registers), (event time, value) of the
 /// newest reading, which current state must hold, and (readings, kWh) as
-/// the hourly rollups count them, which must equal the first two.
+/// the hourly and the five-minute rollups count them, which must equal the
+/// first two.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeviceTotals {
     pub readings: i64,
     pub kwh: f64,
     pub newest: Option<(DateTime<Utc>, f64)>,
     pub rolled_up: (i64, f64),
+    pub rolled_up_5min: (i64, f64),
 }
 
 /// What the database must hold once every reading of a [`Fleet`] is stored.
@@ -51,11 +55,42 @@ fn device_id(prefix: &str, kind: &str, device: i64) -> String {
     }
 }
 
+/// How the devices of a generated fleet report energy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Interval,
+    /// Cumulative registers: each device's count starts somewhere, rises by
+    /// multiples of 1/256 kWh (below the jump ceiling at one reading a
+    /// second) and resets every 97 steps.
+    Register,
+}
+
 impl Fleet {
     /// `n` unique readings from `devices` vehicles and as many meters, one
     /// per device per second from `start`, interleaved across devices.
     /// `prefix` keeps ids of concurrent tests apart.
     pub fn generate(prefix: &str, n: usize, devices: usize, start: DateTime<Utc>) -> Self {
+        Self::generate_as(prefix, n, devices, start, Form::Interval)
+    }
+
+    /// The same with every device reporting cumulative registers; the
+    /// expected kWh are the intervals an in-order replay derives.
+    pub fn generate_registers(
+        prefix: &str,
+        n: usize,
+        devices: usize,
+        start: DateTime<Utc>,
+    ) -> Self {
+        Self::generate_as(prefix, n, devices, start, Form::Register)
+    }
+
+    fn generate_as(
+        prefix: &str,
+        n: usize,
+        devices: usize,
+        start: DateTime<Utc>,
+        form: Form,
+    ) -> Self {
         let mut readings = Vec::with_capacity(n);
         let mut expected = Expected::default();
         let devices = devices.max(1) as i64;
@@ -63,27 +98,34 @@ impl Fleet {
             let slot = i / 2;
             let (device, step) = (slot % devices, slot / devices);
             let at = start + TimeDelta::seconds(step);
-            let energy = kwh(step, device);
+            let (energy, register) = match form {
+                Form::Interval => (kwh(step, device), None),
+                Form::Register => {
+                    let (interval, register) = register_at(step, device);
+                    (interval, Some(register))
+                }
+            };
             let (value, totals, newest_value) = if i % 2 == 0 {
                 let id = device_id(prefix, "V", device);
                 let soc = (step % 101) as f64;
-                (
-                    vehicle(&id, at, soc, energy, 20.0),
-                    expected.vehicles.entry(id).or_default(),
-                    soc,
-                )
+                let value = match register {
+                    None => vehicle(&id, at, soc, energy, 20.0),
+                    Some(register) => vehicle_register(&id, at, soc, register, 20.0),
+                };
+                (value, expected.vehicles.entry(id).or_default(), soc)
             } else {
                 let id = device_id(prefix, "M", device);
                 let voltage = 200.0 + (step % 50) as f64;
-                (
-                    meter(&id, at, energy, voltage),
-                    expected.meters.entry(id).or_default(),
-                    voltage,
-                )
+                let value = match register {
+                    None => meter(&id, at, energy, voltage),
+                    Some(register) => meter_register(&id, at, register, voltage),
+                };
+                (value, expected.meters.entry(id).or_default(), voltage)
             };
             totals.readings += 1;
             totals.kwh += energy;
             totals.rolled_up = (totals.readings, totals.kwh);
+            totals.rolled_up_5min = totals.rolled_up;
             if totals.newest.is_none_or(|(newest_at, _)| newest_at < at) {
                 totals.newest = Some((at, newest_value));
             }
@@ -110,12 +152,37 @@ impl Fleet {
     }
 }
 
+/// A register device's count at `step` and the energy of the interval
+/// ending there, as an in-order replay derives it: none at the first step,
+/// the new count after a reset (every 97 steps), else the rise.
+fn register_at(step: i64, device: i64) -> (f64, f64) {
+    let rise = |s: i64| kwh(s, device) / 16.0;
+    let since_reset = (step + device) % 97;
+    let first_counted = step - since_reset;
+    // Whole 1/256 kWh below 2^20 kWh: every count and difference is exact.
+    let base = if first_counted <= 0 {
+        (device % 50) as f64 * 8.0
+    } else {
+        0.0
+    };
+    let register = base + (first_counted.max(0)..=step).map(rise).sum::<f64>();
+    let interval = if step == 0 {
+        0.0
+    } else if since_reset == 0 {
+        register
+    } else {
+        rise(step)
+    };
+    (interval, register)
+}
+
 type TotalsRow = (String, i64, f64, Option<DateTime<Utc>>, Option<f64>);
 
 /// Reads what the database holds, in the shape of [`Expected`].
 pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
     let collect = |rows: Vec<TotalsRow>,
-                   rollups: Vec<(String, i64, f64)>|
+                   rollups: Vec<(String, i64, f64)>,
+                   five_minutes: Vec<(String, i64, f64)>|
      -> BTreeMap<String, DeviceTotals> {
         let mut devices: BTreeMap<String, DeviceTotals> = rows
             .into_iter()
@@ -128,12 +195,16 @@ pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
                         kwh,
                         newest,
                         rolled_up: (0, 0.0),
+                        rolled_up_5min: (0, 0.0),
                     },
                 )
             })
             .collect();
         for (id, readings, kwh) in rollups {
             devices.entry(id).or_default().rolled_up = (readings, kwh);
+        }
+        for (id, readings, kwh) in five_minutes {
+            devices.entry(id).or_default().rolled_up_5min = (readings, kwh);
         }
         devices
     };
@@ -160,9 +231,18 @@ pub async fn stored(pool: &PgPool) -> Result<Expected, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
+    let vehicle_5min: Vec<(String, i64, f64)> =
+        sqlx::query_as("SELECT vehicle_id, sum(readings)::bigint, sum(sum_dc) FROM vehicle_5min GROUP BY vehicle_id")
+            .fetch_all(pool)
+            .await?;
+    let meter_5min: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT meter_id, sum(readings)::bigint, sum(sum_ac) FROM meter_5min GROUP BY meter_id",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(Expected {
-        vehicles: collect(vehicles, vehicle_rollups),
-        meters: collect(meters, meter_rollups),
+        vehicles: collect(vehicles, vehicle_rollups, vehicle_5min),
+        meters: collect(meters, meter_rollups, meter_5min),
     })
 }
 

@@ -8,6 +8,8 @@
 //!   its own thread, with fault injection, plus raw produce/consume helpers;
 //! - [`openapi`]: operations, examples and schemas of an OpenAPI description;
 //! - [`oracle`]: analytics computed in plain SQL over raw history;
+//! - [`reference`]: the domain computed in memory from the messages sent
+//!   (registers replayed in event-time order), for every endpoint;
 //! - [`process`]: the built binaries as child processes, killed on drop;
 //! - [`services`]: the three services as child processes on one database
 //!   and topic ([`services::Wiring`]), started and awaited until ready;
@@ -25,6 +27,7 @@ pub mod postgres;
 pub mod private_postgres;
 pub mod process;
 pub mod readings;
+pub mod reference;
 pub mod services;
 
 use std::future::Future;

@@ -14,6 +14,22 @@ pub fn meter(id: &str, at: DateTime<Utc>, kwh_ac: f64, voltage: f64) -> Value {
     json!({"type":"METER","meterId":id,"kwhConsumedAc":kwh_ac,"voltage":voltage,"timestamp":format_timestamp(at)})
 }
 
+/// A vehicle reading carrying its battery system's cumulative DC register.
+pub fn vehicle_register(
+    id: &str,
+    at: DateTime<Utc>,
+    soc: f64,
+    register: f64,
+    battery_temp: f64,
+) -> Value {
+    json!({"type":"VEHICLE","vehicleId":id,"soc":soc,"kwhRegisterDc":register,"batteryTemp":battery_temp,"timestamp":format_timestamp(at)})
+}
+
+/// A meter reading carrying its cumulative AC register.
+pub fn meter_register(id: &str, at: DateTime<Utc>, register: f64, voltage: f64) -> Value {
+    json!({"type":"METER","meterId":id,"kwhRegisterAc":register,"voltage":voltage,"timestamp":format_timestamp(at)})
+}
+
 pub fn assignment(vehicle_id: &str, meter_id: Option<&str>, at: DateTime<Utc>) -> Value {
     json!({"type":"ASSIGNMENT","vehicleId":vehicle_id,"meterId":meter_id,"timestamp":format_timestamp(at)})
 }
