@@ -4,6 +4,7 @@
 //!
 //! - [`body`] turns a request body (one object, an array, or NDJSON) into JSON values;
 //! - [`publish`] sends validated readings to Kafka and waits for the acks;
+//! - [`ocpp`] takes a charging station's OCPP meter values as register readings;
 //! - [`error`] is the one place that maps the gateway's failures to HTTP statuses;
 //! - [`openapi`] describes the API, from the handlers' annotations.
 //!
@@ -12,6 +13,7 @@
 
 pub mod body;
 pub mod error;
+pub mod ocpp;
 pub mod openapi;
 pub mod publish;
 
@@ -91,6 +93,34 @@ struct AppState {
     max_body_bytes: usize,
 }
 
+/// Counts the readings of an [`ApiError::InvalidReadings`] as rejected.
+fn count_invalid(error: ApiError) -> ApiError {
+    if let ApiError::InvalidReadings(errors) = &error {
+        let invalid = errors
+            .iter()
+            .map(|e| e.index)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "invalid")
+            .increment(invalid as u64);
+    }
+    error
+}
+
+/// Publishes validated readings and counts them as accepted or not published.
+async fn publish_counted(
+    state: &AppState,
+    readings: &[shared::domain::Reading],
+) -> Result<(), ApiError> {
+    if let Err(error) = state.publisher.publish(readings).await {
+        metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "not_published")
+            .increment(readings.len() as u64);
+        return Err(error.into());
+    }
+    metrics::counter!("energy_gateway_readings_accepted_total").increment(readings.len() as u64);
+    Ok(())
+}
+
 /// Ready while the Kafka cluster answers; the producer's queue is read at scrape time.
 struct GatewayProbes {
     publisher: Arc<Publisher>,
@@ -161,11 +191,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// The ingest route with its own layers: the key check outermost, so a
-/// request without the key takes no slot of the concurrency limit.
+/// The ingest routes under one set of layers: the key check outermost, so
+/// a request without the key takes no slot of the concurrency limit, which
+/// the routes share (it bounds the memory their bodies hold).
 fn routes(state: AppState, keys: ApiKeys, max_concurrent_requests: usize) -> OpenApiRouter {
-    let (schemas, paths, ingest_route) = routes!(ingest);
-    let ingest_route = ingest_route
+    let ingest_routes = OpenApiRouter::new()
+        .routes(routes!(ingest))
+        .routes(routes!(ocpp::meter_values))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: BoxError| async {
@@ -179,7 +211,7 @@ fn routes(state: AppState, keys: ApiKeys, max_concurrent_requests: usize) -> Ope
             service_kit::auth::require,
         ));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes((schemas, paths, ingest_route))
+        .merge(ingest_routes)
         .with_state(state)
 }
 
@@ -210,29 +242,10 @@ async fn ingest(
     let bytes = body::read_limited(&headers, body, state.max_body_bytes).await?;
     let texts = body::split(&bytes, format, state.max_batch_readings)?;
     // All or nothing: one invalid reading and nothing of the request is published.
-    let readings = match body::decode(&texts, &state.rules, Utc::now()) {
-        Ok(readings) => readings,
-        Err(ApiError::InvalidReadings(errors)) => {
-            let invalid = errors
-                .iter()
-                .map(|e| e.index)
-                .collect::<std::collections::BTreeSet<_>>()
-                .len();
-            metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "invalid")
-                .increment(invalid as u64);
-            return Err(ApiError::InvalidReadings(errors));
-        }
-        Err(other) => return Err(other),
-    };
+    let readings = body::decode(&texts, &state.rules, Utc::now()).map_err(count_invalid)?;
     drop(texts);
     drop(bytes);
-
-    if let Err(error) = state.publisher.publish(&readings).await {
-        metrics::counter!("energy_gateway_readings_rejected_total", "reason" => "not_published")
-            .increment(readings.len() as u64);
-        return Err(error.into());
-    }
-    metrics::counter!("energy_gateway_readings_accepted_total").increment(readings.len() as u64);
+    publish_counted(&state, &readings).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(openapi::Accepted {

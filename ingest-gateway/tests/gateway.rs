@@ -460,6 +460,7 @@ async fn every_route_is_described_and_the_described_examples_are_accepted() {
             ("get", "/openapi.json"),
             ("get", "/readyz"),
             ("post", "/v1/ingest"),
+            ("post", "/v1/ocpp/{version}/{stationId}"),
         ]
     );
     for path in ["/healthz", "/metrics", "/openapi.json", "/readyz"] {
@@ -529,5 +530,113 @@ async fn every_route_is_described_and_the_described_examples_are_accepted() {
         .is_empty(),
         "soc 101 matches the described schema"
     );
+    gateway.stop().await;
+}
+
+/// POSTs an OCPP-J frame for `station` speaking `version`.
+async fn post_ocpp(gateway: &Gateway, path: &str, frame: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", gateway.url))
+        .header("content-type", "application/json")
+        .body(frame.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// OCPP meter values as stations send them become METER register readings
+/// in kWh, keyed by station and connector; what cannot be mapped is a 422
+/// naming the frame's JSON path, and nothing of the request is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn ocpp_meter_values_are_published_as_register_readings() {
+    let kafka = MockKafka::start(&[(TOPIC, 2)]);
+    let gateway = Gateway::start(&kafka, &[]).await;
+    let at = shared::wire::format_timestamp(now_minus(5));
+    let v16 = json!([2, "19223201", "MeterValues", {
+        "connectorId": 1,
+        "transactionId": 170,
+        "meterValue": [{
+            "timestamp": at,
+            "sampledValue": [
+                {"value": "2500300", "context": "Sample.Periodic", "format": "Raw",
+                 "measurand": "Energy.Active.Import.Register", "location": "Outlet", "unit": "Wh"},
+                {"value": "230.4", "measurand": "Voltage", "phase": "L1-N", "unit": "V"}
+            ]
+        }, {
+            "timestamp": at,
+            "sampledValue": [{"value": "61", "measurand": "SoC", "location": "EV", "unit": "Percent"}]
+        }]
+    }]);
+    assert_eq!(
+        post_ocpp(&gateway, "/v1/ocpp/1.6/CP-7", &v16).await,
+        (
+            202,
+            json!({"message": "Data ingested successfully", "accepted": 1, "skipped": 1})
+        )
+    );
+    let v201 = json!([2, "a1b2", "TransactionEvent", {
+        "eventType": "Updated", "timestamp": at, "triggerReason": "MeterValuePeriodic", "seqNo": 2,
+        "transactionInfo": {"transactionId": "tx-1"}, "evse": {"id": 2, "connectorId": 1},
+        "meterValue": [{"timestamp": at, "sampledValue": [
+            {"value": 75.25, "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "kWh"}}
+        ]}]
+    }]);
+    let (status, body) = post_ocpp(&gateway, "/v1/ocpp/2.0.1/CS-2?nominalVoltage=400", &v201).await;
+    assert_eq!((status, &body["accepted"]), (202, &json!(1)), "{body}");
+
+    let mut published = payloads(&kafka.bootstrap(), 2);
+    published.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        published,
+        [
+            (
+                "CP-7-1".to_owned(),
+                json!({"type": "METER", "meterId": "CP-7-1", "kwhRegisterAc": 2500.3,
+                                         "voltage": 230.4, "timestamp": at})
+            ),
+            (
+                "CS-2-2".to_owned(),
+                json!({"type": "METER", "meterId": "CS-2-2", "kwhRegisterAc": 75.25,
+                                         "voltage": 400.0, "timestamp": at})
+            ),
+        ]
+    );
+
+    // Refusals: each names what is wrong, and nothing more is published.
+    let (status, body) = post_ocpp(&gateway, "/v1/ocpp/2.0.1/CS-2", &v201).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "payload.meterValue[0]");
+    assert!(
+        body["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nominalVoltage"),
+        "{body}"
+    );
+    let (status, body) = post_ocpp(&gateway, "/v1/ocpp/1.5/CP-7", &v16).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (422, &json!("version")),
+        "{body}"
+    );
+    let (status, body) = post_ocpp(&gateway, "/v1/ocpp/1.6/CP-7", &json!({"connectorId": 1})).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (422, &json!("frame")),
+        "{body}"
+    );
+    let stale = json!([2, "1", "MeterValues", {"connectorId": 1, "meterValue": [{
+        "timestamp": "2001-01-01T00:00:00Z", "sampledValue": [{"value": "5"}]}]}]);
+    let (status, body) = post_ocpp(&gateway, "/v1/ocpp/1.6/CP-7?nominalVoltage=230", &stale).await;
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (422, &json!("timestamp")),
+        "{body}"
+    );
+    let (status, body) = post_ocpp(&gateway, "/v1/ocpp/1.6/CP-7?nominalVoltage=lots", &v16).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(read_topic(&kafka.bootstrap(), TOPIC, 3, Duration::from_secs(2)).len() == 2);
     gateway.stop().await;
 }

@@ -7,6 +7,7 @@
 //! - [`domain`]: the validated types past the decoder (`DeviceId`,
 //!   `EventTime`, `Reading`), whose constructors enforce the rules;
 //! - [`json`]: strict JSON for untrusted input (duplicate keys refused);
+//! - [`ocpp`]: OCPP 1.6J and 2.0.1 meter values as METER readings;
 //! - [`register`]: interval energy from cumulative registers (resets,
 //!   jitter, implausible jumps), the one statement of the rule.
 //!
@@ -15,5 +16,6 @@
 
 pub mod domain;
 pub mod json;
+pub mod ocpp;
 pub mod register;
 pub mod wire;

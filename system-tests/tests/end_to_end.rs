@@ -12,7 +12,7 @@ use shared::wire::format_timestamp;
 use test_support::kafka::{committed_total, end_total, produce_all, producer, MockKafka};
 use test_support::oracle::{answered_hundredths, answered_kwh, answers_kwh};
 use test_support::process::Service;
-use test_support::readings::{assignment, key_of, meter, vehicle};
+use test_support::readings::{assignment, key_of, meter, meter_register, vehicle};
 use test_support::services::{Stack, Wiring};
 use test_support::{eventually, fixture_path};
 
@@ -407,6 +407,9 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
         vehicle("MX-VEHICLE-1", at, 50.0, 1.5, 25.0),
         vehicle("MX-VEHICLE-1", at + TimeDelta::minutes(1), 51.0, 1.5, 25.0),
         meter("MX-METER-1", at, 1.75, 230.0),
+        // A register rising 90 kWh in a minute: an implausible jump.
+        meter_register("MX-METER-2", at, 10.0, 230.0),
+        meter_register("MX-METER-2", at + TimeDelta::minutes(1), 100.0, 230.0),
     ]);
     let answer =
         test_support::http::ingest(&gateway_url, "application/json", valid.to_string()).await;
@@ -426,7 +429,7 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
     let gateway = scrape(&gateway_url).await;
     assert_eq!(
         sample(&gateway, "energy_gateway_readings_accepted_total", &[]),
-        Some(3.0),
+        Some(5.0),
         "{gateway}"
     );
     assert_eq!(
@@ -480,7 +483,7 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
             };
             let lag_known = text.contains("energy_worker_consumer_lag_messages{");
             (rows("vehicle_readings") == Some(2.0)
-                && rows("meter_readings") == Some(1.0)
+                && rows("meter_readings") == Some(3.0)
                 && sample(
                     &text,
                     "energy_worker_dead_lettered_total",
@@ -492,6 +495,11 @@ async fn every_service_counts_what_it_did_in_prometheus_metrics() {
     )
     .await;
     assert!(sample(&worker, "energy_worker_batches_total", &[]).is_some_and(|n| n >= 1.0));
+    assert_eq!(
+        sample(&worker, "energy_worker_register_jumps_total", &[]),
+        Some(1.0),
+        "{worker}"
+    );
     assert!(
         sample(&worker, "energy_worker_batch_duration_seconds_count", &[])
             .is_some_and(|n| n >= 1.0)
@@ -740,4 +748,114 @@ async fn a_committed_reading_is_in_the_next_answer() {
     post_and_wait(&stack, &[reading(60, 9.0), reading(30, 0.5)], "FRESH", 3).await;
     let (_, body) = analytics(&stack, "FRESH", from, to).await;
     assert_eq!(answer(&body), (json!(3), json!(2.25)));
+}
+
+/// A charging station speaking OCPP 1.6J through the gateway's OCPP route
+/// (registers in Wh, a reboot, a frame arriving late) and its vehicle's
+/// battery system reporting a DC register: the analytics hold the energy
+/// the registers counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn ocpp_meter_values_and_registers_give_the_charged_energy() {
+    let stack = Stack::start(2, "ocpp", &[]).await;
+    let start = whole_seconds(Utc::now() - TimeDelta::hours(2));
+    let at = |minute: f64| start + TimeDelta::milliseconds((minute * 60_000.0) as i64);
+    // 250 Wh a minute; the meter reboots at minute 20 and counts from zero.
+    let register_wh = |minute: u32| {
+        if minute < 20 {
+            5_000_000 + 250 * minute
+        } else {
+            250 * (minute - 19)
+        }
+    };
+    let meter_value = |minute: f64, wh: u32| {
+        json!({"timestamp": format_timestamp(at(minute)), "sampledValue": [
+            {"value": wh.to_string(), "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
+             "location": "Outlet", "unit": "Wh"},
+            {"value": "230.1", "measurand": "Voltage", "phase": "L1-N", "unit": "V"}
+        ]})
+    };
+    let frame = |values: Vec<Value>| json!([2, "m-1", "MeterValues", {"connectorId": 1, "meterValue": values}]);
+    let post_frame = |frame: Value| {
+        let url = format!("{}/v1/ocpp/1.6/CP-9", stack.gateway_url);
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(frame.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                202,
+                "{}",
+                response.text().await.unwrap()
+            );
+        }
+    };
+    post_frame(frame(
+        (0..15)
+            .map(|m| meter_value(f64::from(m), register_wh(m)))
+            .collect(),
+    ))
+    .await;
+    post_frame(frame(
+        (15..=30)
+            .map(|m| meter_value(f64::from(m), register_wh(m)))
+            .collect(),
+    ))
+    .await;
+    // The vehicle's battery system: 7/32 kWh a minute into a lifetime count.
+    let mut readings: Vec<Value> = (0..=30)
+        .map(|m| {
+            json!({"type": "VEHICLE", "vehicleId": "EV-9", "soc": 50, "batteryTemp": 24,
+                        "kwhRegisterDc": 800.0 + f64::from(m) * 0.21875,
+                        "timestamp": format_timestamp(at(f64::from(m)))})
+        })
+        .collect();
+    readings.push(assignment("EV-9", Some("CP-9-1"), at(-1.0)));
+    let body: String = readings.iter().map(|r| format!("{r}\n")).collect();
+    assert_eq!(stack.post("application/x-ndjson", body).await.status, 202);
+    stack.wait_for_rows(31, 31, 1).await;
+
+    let (from, to) = (at(0.0), at(30.0));
+    let (status, body) = analytics(&stack, "EV-9", from, to).await;
+    assert_eq!(status, 200, "{body}");
+    // AC: 19 minutes of 0.25, 0.25 since the reboot, 10 more minutes of 0.25.
+    assert_eq!(
+        (
+            &body["sumAC"],
+            &body["sumDC"],
+            &body["efficiency"],
+            &body["meterIds"]
+        ),
+        (&json!(7.5), &json!(6.563), &json!(87.5), &json!(["CP-9-1"])),
+        "{body}"
+    );
+
+    // A frame arriving late splits an interval: the total stays, the reading counts.
+    post_frame(frame(vec![meter_value(10.5, register_wh(10) + 100)])).await;
+    stack.wait_for_rows(31, 32, 1).await;
+    let (_, body) = analytics(&stack, "EV-9", from, to).await;
+    assert_eq!(
+        (&body["sumAC"], &body["meterReadings"]),
+        (&json!(7.5), &json!(31)),
+        "{body}"
+    );
+    let meter: Value = reqwest::get(format!("{}/v1/meters/CP-9-1", stack.api_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &meter["kwhRegisterAc"],
+            &meter["kwhConsumedAc"],
+            &meter["registerJumps"],
+            &meter["voltage"]
+        ),
+        (&json!(2.75), &json!(0.25), &json!(0), &json!(230.1)),
+        "{meter}"
+    );
 }
