@@ -43,6 +43,23 @@ pg_start() {
   pg_as_owner "$bindir/pg_ctl" -D "$datadir" -o "$options" -l "$datadir/server.log" -w -t 60 start >/dev/null
 }
 
+# pg_start_standby PRIMARY_PORT DATADIR PORT [extra postgres -c options...]:
+# a streaming standby of the server on 127.0.0.1:PRIMARY_PORT: a base backup
+# with `pg_basebackup -R` (connection settings and standby.signal written),
+# started as a hot standby on 127.0.0.1:PORT. Give it the primary's
+# max_connections at least (a hot standby refuses fewer).
+pg_start_standby() {
+  local primary_port="$1" datadir="$2" port="$3"; shift 3
+  local bindir; bindir="$(pg_find_bindir)"
+  mkdir -p "$datadir"
+  chmod 700 "$datadir"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$datadir"; fi
+  pg_as_owner "$bindir/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres \
+    -D "$datadir" -R -X stream -c fast
+  local options="-p $port -k $datadir -c listen_addresses=127.0.0.1 $*"
+  pg_as_owner "$bindir/pg_ctl" -D "$datadir" -o "$options" -l "$datadir/server.log" -w -t 60 start >/dev/null
+}
+
 pg_stop() {
   local datadir="$1"
   local bindir; bindir="$(pg_find_bindir)"

@@ -2,9 +2,9 @@
 # Checks formatting and lints (`cargo fmt --check`, `cargo clippy -D
 # warnings`), then runs every test of the workspace against real
 # components: a private PostgreSQL cluster started here on a free port
-# (installed with apt when missing), librdkafka's mock Kafka cluster inside
-# the tests, and Debian's chromium for the dashboard page (installed when
-# missing). Extra arguments go to the test runner (e.g. a test name filter),
+# (installed with apt when missing) and a streaming standby of it,
+# librdkafka's mock Kafka cluster inside the tests, and Debian's chromium
+# for the dashboard page (installed when missing). Extra arguments go to the test runner (e.g. a test name filter),
 # and skip the format and lint checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,13 +29,18 @@ workdir="$(mktemp -d /tmp/energy-test.XXXXXX)"
 chmod 755 "$workdir"
 port="$(free_port)"
 # Durability settings off: test data is thrown away, and the suite runs faster.
-pg_start "$workdir/pgdata" "$port" -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400
-cleanup() { pg_stop "$workdir/pgdata"; rm -rf "$workdir"; }
+pg_settings=(-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400)
+pg_start "$workdir/pgdata" "$port" "${pg_settings[@]}"
+cleanup() { pg_stop "$workdir/standby"; pg_stop "$workdir/pgdata"; rm -rf "$workdir"; }
 trap cleanup EXIT
+# A streaming standby of it, for the tests of reads on replicas.
+standby_port="$(free_port)"
+pg_start_standby "$port" "$workdir/standby" "$standby_port" "${pg_settings[@]}"
 
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+export TEST_STANDBY_DATABASE_URL="postgres://postgres@127.0.0.1:$standby_port/postgres"
 export TEST_PG_BINDIR="$(pg_find_bindir)"
-echo "test PostgreSQL on 127.0.0.1:$port"
+echo "test PostgreSQL on 127.0.0.1:$port, its standby on 127.0.0.1:$standby_port"
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

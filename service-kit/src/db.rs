@@ -28,17 +28,47 @@ pub enum SchemaError {
 /// Connections are made lazily so a service can start (and report
 /// not-ready) while PostgreSQL is still coming up.
 pub fn pool(args: &DbArgs, application_name: &str) -> Result<PgPool, sqlx::Error> {
-    let options = args
-        .connect_options()?
-        .application_name(application_name)
-        .options([(
-            "statement_timeout",
-            format!("{}ms", args.db_statement_timeout_ms),
-        )]);
-    Ok(PgPoolOptions::new()
+    Ok(pool_with(
+        args.connect_options()?,
+        args,
+        application_name,
+        Duration::from_secs(5),
+    ))
+}
+
+/// A pool to the server at `url` (a streaming replica, say), with the same
+/// sizing and session settings as [`pool`] gives the one in `args`, and its
+/// own `acquire_timeout`: how long a request waits for a connection (sqlx
+/// keeps retrying a refused connection until then) before it may try
+/// another server.
+pub fn pool_at(
+    url: &str,
+    args: &DbArgs,
+    application_name: &str,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    Ok(pool_with(
+        url.parse()?,
+        args,
+        application_name,
+        acquire_timeout,
+    ))
+}
+
+fn pool_with(
+    options: sqlx::postgres::PgConnectOptions,
+    args: &DbArgs,
+    application_name: &str,
+    acquire_timeout: Duration,
+) -> PgPool {
+    let options = options.application_name(application_name).options([(
+        "statement_timeout",
+        format!("{}ms", args.db_statement_timeout_ms),
+    )]);
+    PgPoolOptions::new()
         .max_connections(args.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options)
 }
 
 /// Applies every pending migration.

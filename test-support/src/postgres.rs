@@ -1,5 +1,7 @@
 //! A fresh database per test on the server named by `TEST_DATABASE_URL`
-//! (set by `scripts/test.sh`, which starts a private PostgreSQL cluster).
+//! (set by `scripts/test.sh`, which starts a private PostgreSQL cluster),
+//! the same database on that server's streaming standby
+//! (`TEST_STANDBY_DATABASE_URL`), and waiting for a standby to catch up.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -119,4 +121,47 @@ impl TestDatabase {
             .await
             .expect(sql)
     }
+}
+
+/// The URL of `db` on the streaming standby of the test server that
+/// `scripts/test.sh` starts (`TEST_STANDBY_DATABASE_URL`): every database
+/// made on the server appears there once replayed.
+pub fn standby_url(db: &TestDatabase) -> String {
+    let standby: PgConnectOptions = std::env::var("TEST_STANDBY_DATABASE_URL")
+        .expect(
+            "TEST_STANDBY_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts a standby",
+        )
+        .parse()
+        .expect("TEST_STANDBY_DATABASE_URL is a valid URL");
+    standby.database(&db.name).to_url_lossy().to_string()
+}
+
+/// Waits until the standby at `standby_url` has replayed everything
+/// `primary` had written when this was called (and accepts connections to
+/// the database: a database created on the primary appears with its replay).
+pub async fn wait_for_replay(primary: &PgPool, standby_url: &str) {
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(primary)
+        .await
+        .expect("read the primary's WAL position");
+    crate::eventually(
+        "the standby to replay the primary's writes",
+        std::time::Duration::from_secs(60),
+        || {
+            let written = written.clone();
+            async move {
+                let mut standby = PgConnection::connect(standby_url).await.ok()?;
+                let behind: bool = sqlx::query_scalar(
+                    "SELECT pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn()) > 0",
+                )
+                .bind(&written)
+                .fetch_one(&mut standby)
+                .await
+                .ok()?;
+                standby.close().await.ok();
+                (!behind).then_some(())
+            }
+        },
+    )
+    .await;
 }

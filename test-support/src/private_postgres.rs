@@ -1,5 +1,6 @@
 //! A PostgreSQL cluster of a test's own, for tests that stop and restart the
-//! server (the shared test server must stay up for everyone else).
+//! server (the shared test server must stay up for everyone else), and
+//! streaming standbys of it, for tests of reads on replicas.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -39,10 +40,10 @@ fn bindir() -> PathBuf {
 }
 
 impl PrivatePostgres {
-    /// Initialises a new cluster in a temporary directory and starts it.
-    pub fn start() -> Self {
+    /// A cluster not started yet, in a new temporary directory.
+    fn new_directory(kind: &str) -> Self {
         let datadir = std::env::temp_dir().join(format!(
-            "private-pg-{}-{}",
+            "private-pg-{kind}-{}-{}",
             std::process::id(),
             chrono::Utc::now().timestamp_micros()
         ));
@@ -62,6 +63,16 @@ impl PrivatePostgres {
                 "chown the data directory"
             );
         }
+        // PostgreSQL refuses a data directory others may read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cluster.datadir, std::fs::Permissions::from_mode(0o700))
+            .expect("restrict the data directory");
+        cluster
+    }
+
+    /// Initialises a new cluster in a temporary directory and starts it.
+    pub fn start() -> Self {
+        let cluster = Self::new_directory("primary");
         cluster.run_as_owner(
             "initdb",
             &[
@@ -114,11 +125,20 @@ impl PrivatePostgres {
 
     /// Starts the (stopped) server and waits until it accepts connections.
     pub fn start_again(&self) {
-        let options = format!(
+        self.start_with(&[]);
+    }
+
+    /// Starts the server with `settings` (`name=value`) beyond the defaults.
+    fn start_with(&self, settings: &[&str]) {
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
             self.port,
             self.datadir_str()
         );
+        for setting in settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let log = self.datadir.join("server.log").display().to_string();
         self.run_as_owner(
             "pg_ctl",
@@ -137,6 +157,64 @@ impl PrivatePostgres {
         );
     }
 
+    /// A streaming standby of this (running) cluster: a base backup taken
+    /// with `pg_basebackup -R` (which writes the connection to the primary
+    /// and `standby.signal`), started as a hot standby that accepts reads.
+    pub fn standby(&self) -> Self {
+        Self::standby_of(self.port, &[])
+    }
+
+    /// A streaming standby of the server on 127.0.0.1:`primary_port` (any
+    /// cluster of the same major version that trusts local replication),
+    /// started with `settings` (`name=value`; a hot standby needs at least
+    /// the primary's `max_connections`).
+    pub fn standby_of(primary_port: u16, settings: &[&str]) -> Self {
+        let standby = Self::new_directory("standby");
+        standby.run_as_owner(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &standby.datadir_str(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        standby.start_with(settings);
+        standby
+    }
+
+    /// Runs `sql` as the superuser on database `postgres` (psql).
+    pub fn psql(&self, sql: &str) -> String {
+        let binary = self.bindir.join("psql");
+        let output = Command::new(&binary)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", "postgres", "-tAc", sql])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Stops the server at once (fast shutdown: sessions are cut).
     pub fn stop(&self) {
         self.run_as_owner(
@@ -147,7 +225,12 @@ impl PrivatePostgres {
 
     /// URL of database `postgres` on this server.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.database_url("postgres")
+    }
+
+    /// URL of `database` on this server, as the superuser.
+    pub fn database_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 }
 
