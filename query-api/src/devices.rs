@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use shared::domain::DeviceId;
 use shared::wire::format_timestamp;
 
 use crate::error::ApiError;
@@ -89,6 +90,35 @@ struct MeterRow {
     updated_at: DateTime<Utc>,
 }
 
+/// A vehicle's current state, by its id ($1).
+pub const VEHICLE_STATE_SQL: &str =
+    "SELECT soc, kwh_delivered_dc, kwh_register_dc, battery_temp, register_jumps,
+            last_register_jump_at, recorded_at, updated_at
+     FROM vehicles_current WHERE vehicle_id = $1";
+
+/// A meter's current state, by its id ($1).
+pub const METER_STATE_SQL: &str =
+    "SELECT kwh_consumed_ac, kwh_register_ac, voltage, register_jumps, last_register_jump_at,
+            recorded_at, updated_at
+     FROM meters_current WHERE meter_id = $1";
+
+/// The current-state row of device `id` by `sql` (one of the two above).
+async fn current_state<R>(
+    state: &AppState,
+    sql: &'static str,
+    id: &DeviceId,
+) -> Result<Option<R>, ApiError>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let key = id.as_str();
+    let row = state
+        .reads
+        .read(|pool| async move { sqlx::query_as(sql).bind(key).fetch_optional(&pool).await })
+        .await?;
+    Ok(row)
+}
+
 /// `GET /v1/vehicles/{vehicleId}`
 #[utoipa::path(
     get,
@@ -105,15 +135,7 @@ pub async fn vehicle(
 ) -> Result<Json<VehicleState>, ApiError> {
     let Path(raw_id) = raw_id?;
     let id = device_id("vehicleId", &raw_id)?;
-    let row: Option<VehicleRow> = sqlx::query_as(
-        "SELECT soc, kwh_delivered_dc, kwh_register_dc, battery_temp, register_jumps,
-                last_register_jump_at, recorded_at, updated_at
-         FROM vehicles_current WHERE vehicle_id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_optional(&state.pool)
-    .await?;
-    let Some(row) = row else {
+    let Some(row) = current_state::<VehicleRow>(&state, VEHICLE_STATE_SQL, &id).await? else {
         return Err(ApiError::NotFound(format!("no readings for vehicle {id}")));
     };
     Ok(Json(VehicleState {
@@ -144,15 +166,7 @@ pub async fn meter(
 ) -> Result<Json<MeterState>, ApiError> {
     let Path(raw_id) = raw_id?;
     let id = device_id("meterId", &raw_id)?;
-    let row: Option<MeterRow> = sqlx::query_as(
-        "SELECT kwh_consumed_ac, kwh_register_ac, voltage, register_jumps, last_register_jump_at,
-                recorded_at, updated_at
-         FROM meters_current WHERE meter_id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_optional(&state.pool)
-    .await?;
-    let Some(row) = row else {
+    let Some(row) = current_state::<MeterRow>(&state, METER_STATE_SQL, &id).await? else {
         return Err(ApiError::NotFound(format!("no readings for meter {id}")));
     };
     Ok(Json(MeterState {

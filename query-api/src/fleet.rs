@@ -22,7 +22,7 @@ use shared::wire::format_timestamp;
 use crate::charging::{Charging, Health, Thresholds};
 use crate::error::ApiError;
 use crate::params::QueryParams;
-use crate::sql::{with_named_partitions, PieceRows, Sources};
+use crate::sql::{PieceRows, Sources};
 use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -167,18 +167,18 @@ pub async fn fleet(
     let limit = limit(&params)?;
     let after = params.get("cursor").map(decode_cursor).transpose()?;
 
-    let rows: Vec<FleetRow> = with_named_partitions(window, |sources| {
-        let statement = sql(sources);
-        let pool = &state.pool;
-        async move {
-            sqlx::query_as(&statement)
-                .bind(window.from)
-                .bind(window.to)
-                .fetch_all(pool)
-                .await
-        }
-    })
-    .await?;
+    let rows: Vec<FleetRow> = state
+        .read_window(window, |sources, pool| {
+            let statement = sql(sources);
+            async move {
+                sqlx::query_as(&statement)
+                    .bind(window.from)
+                    .bind(window.to)
+                    .fetch_all(&pool)
+                    .await
+            }
+        })
+        .await?;
     let mut vehicles: Vec<FleetVehicle> = rows
         .into_iter()
         .map(|row| {

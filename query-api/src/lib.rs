@@ -10,6 +10,8 @@
 //! - [`charging`]: the figures every analytics answer reports, efficiency
 //!   and the health bands;
 //! - [`state`]: what every handler is given, and the window checks;
+//! - [`reads`]: where answers are read (the primary or streaming replicas),
+//!   the replicas' lag monitor, and the freshness headers;
 //! - [`sql`]: the interval-cutting SQL blocks the queries share;
 //! - [`params`]: parsing and validating path and query parameters;
 //! - [`openapi`]: the OpenAPI description, generated from the handlers;
@@ -31,6 +33,7 @@ pub mod meters;
 pub mod openapi;
 pub mod params;
 pub mod performance;
+pub mod reads;
 pub mod series;
 pub mod sql;
 pub mod state;
@@ -52,6 +55,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::charging::Thresholds;
+use crate::reads::{ReadArgs, ReadPools};
 use crate::state::AppState;
 
 /// Settings of `query-api`.
@@ -63,6 +67,9 @@ pub struct QueryArgs {
 
     #[command(flatten)]
     pub db: DbArgs,
+
+    #[command(flatten)]
+    pub reads: ReadArgs,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -92,27 +99,27 @@ pub struct QueryArgs {
     pub warning_efficiency: f64,
 }
 
-/// Ready while PostgreSQL answers; the pool's use is read at scrape time.
+/// Ready while some server may answer (see [`ReadPools::readiness`]); the
+/// pools' use is read at scrape time.
 struct QueryProbes {
-    pool: PgPool,
+    reads: Arc<ReadPools>,
 }
 
 impl Probes for QueryProbes {
     fn readiness(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async {
-            if service_kit::db::is_reachable(&self.pool).await {
-                Ok(())
-            } else {
-                Err("the database is not reachable".to_owned())
-            }
-        })
+        Box::pin(self.reads.readiness())
     }
 
     fn before_scrape(&self) {
-        let idle = self.pool.num_idle() as f64;
-        let open = f64::from(self.pool.size());
-        metrics::gauge!("energy_query_db_pool_connections", "state" => "idle").set(idle);
-        metrics::gauge!("energy_query_db_pool_connections", "state" => "in_use").set(open - idle);
+        for (source, pool) in self.reads.pools() {
+            let idle = pool.num_idle() as f64;
+            let open = f64::from(pool.size());
+            let source = source.to_owned();
+            metrics::gauge!("energy_query_db_pool_connections", "source" => source.clone(), "state" => "idle")
+                .set(idle);
+            metrics::gauge!("energy_query_db_pool_connections", "source" => source, "state" => "in_use")
+                .set(open - idle);
+        }
     }
 }
 
@@ -141,8 +148,16 @@ pub async fn serve(
     let pool = service_kit::db::pool(&args.db, "query-api").context("invalid database settings")?;
     service_kit::db::wait_until_migrated(&pool).await?;
     ensure_same_retention_as_the_workers(&pool, args.retention_days).await?;
+    let reads = Arc::new(
+        ReadPools::from_args(pool, &args.reads, &args.db).context("invalid QUERY_DATABASE_URLS")?,
+    );
+    // Rotation is known before the first request; the monitor stops with the server.
+    let _monitor = reads
+        .clone()
+        .start_monitor(args.reads.lag_check_interval())
+        .await;
     let state = AppState {
-        pool: pool.clone(),
+        reads: reads.clone(),
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
         retention_days: args.retention_days,
         thresholds: Thresholds {
@@ -151,7 +166,7 @@ pub async fn serve(
         },
     };
     let shell = Shell {
-        probes: Arc::new(QueryProbes { pool }),
+        probes: Arc::new(QueryProbes { reads }),
         request_metrics: Some(&service_kit::metrics::QUERY_REQUESTS),
         request_timeout: args.http.request_timeout(),
         // No route reads a body: a large one is a mistake or an attempt to tie up the server.
@@ -159,7 +174,8 @@ pub async fn serve(
         api_key_description: Some(openapi::API_KEY_DESCRIPTION),
         refresh_description: None,
     };
-    let app = shell.wrap(documented_routes(keys).with_state(state));
+    let app =
+        shell.wrap(openapi::with_freshness_headers(documented_routes(keys)).with_state(state));
     tracing::info!("query-api serving");
     service_kit::http::serve(listener, app, args.http, shutdown).await
 }
@@ -186,11 +202,28 @@ async fn ensure_same_retention_as_the_workers(
 
 fn describe_metrics() {
     service_kit::metrics::describe_requests(&service_kit::metrics::QUERY_REQUESTS);
-    service_kit::metrics::describe(&[(
-        service_kit::metrics::Kind::Gauge,
-        "energy_query_db_pool_connections",
-        "Database pool connections by state (idle, in_use), read at scrape time",
-    )]);
+    service_kit::metrics::describe(&[
+        (
+            service_kit::metrics::Kind::Gauge,
+            "energy_query_db_pool_connections",
+            "Database pool connections by source (primary, replica-N) and state (idle, in_use), read at scrape time",
+        ),
+        (
+            service_kit::metrics::Kind::Counter,
+            "energy_query_reads_total",
+            "Answers read, by source (primary, replica-N)",
+        ),
+        (
+            service_kit::metrics::Kind::Gauge,
+            "energy_query_replica_lag_seconds",
+            "How long ago the primary first held data the replica has not replayed (+Inf: unreachable), by replica",
+        ),
+        (
+            service_kit::metrics::Kind::Gauge,
+            "energy_query_replica_in_rotation",
+            "1 while the replica is read from, 0 while it lags beyond QUERY_MAX_LAG_MS or is down",
+        ),
+    ]);
 }
 
 /// The routes with their descriptions: `#[utoipa::path]` on each handler
@@ -206,6 +239,7 @@ pub fn documented_routes(keys: ApiKeys) -> OpenApiRouter<AppState> {
         .routes(routes!(devices::vehicle))
         .routes(routes!(devices::meter))
         .routes(routes!(meters::analytics))
+        .route_layer(axum::middleware::from_fn(reads::freshness))
         .route_layer(axum::middleware::from_fn_with_state(
             (keys, Role::Read),
             service_kit::auth::require,

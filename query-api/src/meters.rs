@@ -11,7 +11,7 @@ use shared::wire::format_timestamp;
 use crate::charging::{hundredths, kwh};
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
-use crate::sql::{with_named_partitions, PieceRows, Sources};
+use crate::sql::{PieceRows, Sources};
 use crate::state::AppState;
 
 /// The meter statistics query, reading from `sources`: the window cut as
@@ -102,20 +102,20 @@ pub async fn analytics(
     let meter = device_id("meterId", &raw_id)?;
     let params = QueryParams::parse(query.as_deref())?;
     let window = state.window(&params)?;
-    let row: StatsRow = with_named_partitions(window, |sources| {
-        let statement = sql(sources);
-        let pool = &state.pool;
-        let meter = meter.as_str();
-        async move {
-            sqlx::query_as(&statement)
-                .bind(meter)
-                .bind(window.from)
-                .bind(window.to)
-                .fetch_one(pool)
-                .await
-        }
-    })
-    .await?;
+    let meter_id = meter.as_str();
+    let row: StatsRow = state
+        .read_window(window, |sources, pool| {
+            let statement = sql(sources);
+            async move {
+                sqlx::query_as(&statement)
+                    .bind(meter_id)
+                    .bind(window.from)
+                    .bind(window.to)
+                    .fetch_one(&pool)
+                    .await
+            }
+        })
+        .await?;
     let (Some(min_ac), Some(max_ac), Some(min_voltage), Some(max_voltage)) =
         (row.min_ac, row.max_ac, row.min_voltage, row.max_voltage)
     else {

@@ -4,7 +4,12 @@
 //! so a route cannot be served without being described.
 
 use service_kit::shell::ErrorBody;
+use utoipa::openapi::schema::{Object, Type};
+use utoipa::openapi::{Header, RefOr};
 use utoipa::{IntoParams, IntoResponses, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::reads::{LAG_HEADER, SOURCE_HEADER};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,4 +62,43 @@ pub enum ReadErrors {
     /// The database is unavailable: retry later.
     #[response(status = 503)]
     Unavailable(#[to_schema] ErrorBody),
+}
+
+/// `routes` with the freshness headers described on the 200 answer of
+/// every operation under `/v1` (each reads the database, and the
+/// `reads::freshness` layer sets both on every answer it reads).
+pub fn with_freshness_headers<S>(routes: OpenApiRouter<S>) -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let (router, mut description) = routes.split_for_parts();
+    let header = |schema_type: Type, text: &str| {
+        let mut header = Header::new(Object::with_type(schema_type));
+        header.description = Some(text.to_owned());
+        header
+    };
+    for (path, item) in description.paths.paths.iter_mut() {
+        let Some(operation) = item.get.as_mut().filter(|_| path.starts_with("/v1/")) else {
+            continue;
+        };
+        if let Some(RefOr::T(ok)) = operation.responses.responses.get_mut("200") {
+            ok.headers.insert(
+                SOURCE_HEADER.to_owned(),
+                header(
+                    Type::String,
+                    "Where the answer was read: `primary`, or `replica-N` (the Nth of QUERY_DATABASE_URLS)",
+                ),
+            );
+            ok.headers.insert(
+                LAG_HEADER.to_owned(),
+                header(
+                    Type::Integer,
+                    "How stale the source was when last measured, in milliseconds: how long ago the \
+                     primary first held data the replica had not replayed (0: the primary, or a \
+                     replica that had replayed everything)",
+                ),
+            );
+        }
+    }
+    OpenApiRouter::with_openapi(description).merge(OpenApiRouter::from(router))
 }

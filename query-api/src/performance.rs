@@ -178,7 +178,12 @@ async fn respond(
 ) -> Result<Json<Performance>, ApiError> {
     let vehicle = device_id("vehicleId", raw_id)?;
     let window = state.window(params)?;
-    match vehicle_performance(&state.pool, &vehicle, window).await? {
+    let vehicle = &vehicle;
+    let performance = state
+        .reads
+        .read(|pool| async move { vehicle_performance(&pool, vehicle, window).await })
+        .await?;
+    match performance {
         Some(performance) => Ok(Json(performance)),
         None => Err(ApiError::NotFound(format!(
             "vehicle {vehicle} has no readings between {} and {}",

@@ -18,7 +18,7 @@ use shared::wire::format_timestamp;
 use crate::charging::Charging;
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams};
-use crate::sql::{with_named_partitions, PieceRows, Sources};
+use crate::sql::{PieceRows, Sources};
 use crate::state::AppState;
 
 /// Most points one series may have.
@@ -191,22 +191,22 @@ pub async fn series(
         )));
     }
 
-    let rows: Vec<BucketRow> = with_named_partitions(window, |sources| {
-        let statement = sql(sources);
-        let pool = &state.pool;
-        let vehicle = vehicle.as_str();
-        async move {
-            sqlx::query_as(&statement)
-                .bind(vehicle)
-                .bind(window.from)
-                .bind(window.to)
-                .bind(bucket.size)
-                .bind(bucket.uses_hourly_rollups())
-                .fetch_all(pool)
-                .await
-        }
-    })
-    .await?;
+    let vehicle = vehicle.as_str();
+    let rows: Vec<BucketRow> = state
+        .read_window(window, |sources, pool| {
+            let statement = sql(sources);
+            async move {
+                sqlx::query_as(&statement)
+                    .bind(vehicle)
+                    .bind(window.from)
+                    .bind(window.to)
+                    .bind(bucket.size)
+                    .bind(bucket.uses_hourly_rollups())
+                    .fetch_all(&pool)
+                    .await
+            }
+        })
+        .await?;
     let mut rows = rows.into_iter().peekable();
     let mut points = Vec::with_capacity(n_points as usize);
     let mut end = first_end;

@@ -1,6 +1,9 @@
 //! What every handler is given ([`AppState`]), and the one check of the
 //! window a request asks for against the configured limits.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use chrono::{TimeDelta, Utc};
 use shared::wire::{format_timestamp, ValidationRules};
 use sqlx::PgPool;
@@ -8,10 +11,13 @@ use sqlx::PgPool;
 use crate::charging::Thresholds;
 use crate::error::ApiError;
 use crate::params::{QueryParams, Window};
+use crate::reads::ReadPools;
+use crate::sql::{with_named_partitions, Sources};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    /// Where answers are read: the primary, or replicas (QUERY_DATABASE_URLS).
+    pub reads: Arc<ReadPools>,
     /// Longest window a request may ask for (MAX_WINDOW_DAYS).
     pub max_window: TimeDelta,
     pub thresholds: Thresholds,
@@ -20,6 +26,25 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Runs a query over `window` where reads run ([`ReadPools::read`]):
+    /// `query` makes it for the window's partitions and runs it on the pool
+    /// it is given (again on the partitioned tables should one be missing,
+    /// [`with_named_partitions`]).
+    pub async fn read_window<T, F, Fut>(&self, window: Window, query: F) -> Result<T, ApiError>
+    where
+        F: Fn(&Sources, PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let query = &query;
+        let answer = self
+            .reads
+            .read(|pool| async move {
+                with_named_partitions(window, |sources| query(sources, pool.clone())).await
+            })
+            .await?;
+        Ok(answer)
+    }
+
     /// The window a request asks for, checked against the limits: at most
     /// `max_window` long, and not starting before the raw readings'
     /// retention, since a window's edges are read from raw readings.

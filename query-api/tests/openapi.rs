@@ -104,6 +104,13 @@ async fn every_route_is_described_and_its_examples_get_the_described_answers() {
                 operation.spec["responses"]["401"].is_object(),
                 "{what}: 401 described"
             );
+            for header in ["x-data-source", "x-data-lag-ms"] {
+                assert!(
+                    operation.spec["responses"]["200"]["headers"][header]["description"]
+                        .is_string(),
+                    "{what}: the freshness header {header} described"
+                );
+            }
             let (status, body) = get(&url, None).await;
             assert_eq!(status, 401, "{what} without a key");
             assert_matches(

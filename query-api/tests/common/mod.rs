@@ -17,12 +17,17 @@ pub fn args(db: &TestDatabase) -> QueryArgs {
 
 /// The settings pointed at `db`, plus `extra` flags.
 pub fn args_with(db: &TestDatabase, extra: &[&str]) -> QueryArgs {
+    args_at(&db.url, extra)
+}
+
+/// The settings pointed at the database at `url`, plus `extra` flags.
+pub fn args_at(url: &str, extra: &[&str]) -> QueryArgs {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         query: QueryArgs,
     }
-    let database_url = format!("--database-url={}", db.url);
+    let database_url = format!("--database-url={url}");
     let argv = ["query-api", database_url.as_str()]
         .into_iter()
         .chain(extra.iter().copied());
