@@ -126,6 +126,7 @@ fn compose_runs_the_one_shot_steps_in_order_and_checks_every_service() {
         "kafka-topics",
         "migrate",
         "postgres",
+        "postgres-replica",
         "prometheus",
         "query-api",
     ];
@@ -174,6 +175,7 @@ fn compose_runs_the_one_shot_steps_in_order_and_checks_every_service() {
     for name in [
         "kafka",
         "postgres",
+        "postgres-replica",
         "ingest-gateway",
         "ingest-worker",
         "query-api",
@@ -226,6 +228,45 @@ fn compose_runs_the_one_shot_steps_in_order_and_checks_every_service() {
             "{secret} is required"
         );
     }
+}
+
+#[test]
+fn the_replica_profile_adds_a_streaming_standby_that_query_api_can_read() {
+    let compose = compose();
+    let replica = service(&compose, "postgres-replica");
+    assert_eq!(replica["profiles"], serde_json::json!(["replica"]));
+    assert_eq!(
+        replica["image"],
+        service(&compose, "postgres")["image"],
+        "same binaries"
+    );
+    let script = command(&compose, "postgres-replica").join(" ");
+    for part in [
+        "pg_basebackup -h postgres -U replicator",
+        " -R ",
+        "-X stream",
+        "hot_standby=on",
+    ] {
+        assert!(script.contains(part), "{part} in {script}");
+    }
+    // Its own data, never the primary's.
+    let volumes = replica["volumes"].as_array().unwrap();
+    assert!(volumes
+        .iter()
+        .all(|v| v.as_str().unwrap().starts_with("postgres-replica-data:")));
+    // The primary makes the replication role on its first start.
+    let primary_volumes = service(&compose, "postgres")["volumes"].as_array().unwrap();
+    assert!(primary_volumes.iter().any(|v| {
+        v.as_str().unwrap()
+            == "./deploy/postgres-replication.sh:/docker-entrypoint-initdb.d/postgres-replication.sh:ro"
+    }));
+    assert!(read("deploy/postgres-replication.sh").contains("host replication replicator"));
+    // query-api reads the replica when told to, and the primary otherwise.
+    assert_eq!(
+        env(&compose, "query-api", "QUERY_DATABASE_URLS"),
+        "${QUERY_DATABASE_URLS:-}"
+    );
+    assert_eq!(env(&compose, "query-api", "QUERY_PRIMARY_FALLBACK"), "true");
 }
 
 #[test]
