@@ -4,7 +4,9 @@
 //! (`/v1/vehicles/{id}`), the endpoint's SQL alone (with its window's
 //! partitions named, and on the partitioned tables), and the plain SQL
 //! aggregate over raw history, in the same run; the fleet view's first and
-//! a deep page. Also the tables' sizes per million readings.
+//! a deep page. Also the tables' sizes per million readings, and the same
+//! requests answered from a streaming replica of the database beside the
+//! primary's answers.
 //!
 //! The data is stored through the worker's own write path
 //! (`ingest_worker::store::write_batch`, which keeps rollups and current
@@ -23,7 +25,8 @@ use ingest_worker::partitions::Partitions;
 use query_api::performance;
 use query_api::sql::Sources;
 use test_support::oracle::{figures, RAW_PERFORMANCE_SQL};
-use test_support::postgres::fresh_database;
+use test_support::postgres::{fresh_database, wait_for_replay};
+use test_support::private_postgres::PrivatePostgres;
 use test_support::process::{wait_until_ok, Service};
 
 use crate::cpu::{machine_busy_seconds, own_cpu_seconds, process_cpu_seconds};
@@ -220,11 +223,13 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
         deep_cursor: Arc::new(deep_cursor),
     };
     let (cases, cpu_splits) = measure_runs(settings, runs, &target).await?;
+    let on_replica = measure_on_replica(settings, runs, &db, &target).await?;
     let api_peak_rss_kib = api.peak_rss_kib().unwrap_or(0) as f64;
     api.terminate(Duration::from_secs(10));
     report_latencies(settings, &loaded, &cases, report);
     report_targets(settings, &cases, report);
     report_cpu(settings, &cpu_splits, report);
+    report_replica(&on_replica, report);
     report.add_peak_rss("query-api", "every query run", &[api_peak_rss_kib]);
     sizes(&db.pool, loaded.vehicle_rows, loaded.meter_rows, report).await?;
     pool.close().await;
@@ -239,6 +244,7 @@ struct Loaded {
 }
 
 /// The service under measurement and the ways to reach it.
+#[derive(Clone)]
 struct Target {
     client: reqwest::Client,
     base: String,
@@ -429,6 +435,129 @@ async fn measure_runs(
         }
     }
     Ok((cases, cpu_splits))
+}
+
+/// Requests/s at THROUGHPUT_CONCURRENCY in flight, per run, of each
+/// request on the primary and on a replica: (ask, primary, replica).
+type ReplicaRates = Vec<(Ask, Vec<f64>, Vec<f64>)>;
+
+/// The performance endpoint and the lookup, answered by a query-api that
+/// reads a streaming standby of the database (`pg_basebackup -R`, the
+/// primary's memory settings) beside the one that reads the primary,
+/// alternating within each run.
+async fn measure_on_replica(
+    settings: &Settings,
+    runs: usize,
+    db: &test_support::postgres::TestDatabase,
+    primary: &Target,
+) -> anyhow::Result<ReplicaRates> {
+    let admin: sqlx::postgres::PgConnectOptions = std::env::var("TEST_DATABASE_URL")?.parse()?;
+    let port = admin.get_port();
+    eprintln!("copying the database to a streaming standby");
+    // The settings scripts/bench.sh gives the primary that matter to reads.
+    let standby = tokio::task::spawn_blocking(move || {
+        PrivatePostgres::standby_of(port, &["shared_buffers=2GB", "max_connections=200"])
+    })
+    .await?;
+    let standby_url = standby.database_url(&db.name);
+    wait_for_replay(&db.pool, &standby_url).await;
+    let mut api = Service::start(
+        "query-api",
+        &[],
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("QUERY_DATABASE_URLS", standby_url),
+            ("QUERY_API_ADDR", "127.0.0.1:0".to_owned()),
+            ("AUTH_DISABLED", "true".to_owned()),
+        ],
+    );
+    let base = api.listening_url(Duration::from_secs(30));
+    wait_until_ok(&format!("{base}/readyz"), Duration::from_secs(30)).await;
+    let replica = Target {
+        base,
+        api_pid: api.pid(),
+        ..primary.clone()
+    };
+    let source = primary
+        .client
+        .get(format!("{}/v1/vehicles/EV-01", replica.base))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        source
+            .headers()
+            .get("x-data-source")
+            .is_some_and(|s| s == "replica-1"),
+        "the replica's query-api did not read the replica: {:?}",
+        source.headers()
+    );
+    let width = settings.vehicles.to_string().len().max(2);
+    let ids: Arc<Vec<String>> = Arc::new(
+        (1..=settings.vehicles)
+            .map(|n| format!("EV-{n:0width$}"))
+            .collect(),
+    );
+    let mut rates: ReplicaRates = [Ask::Performance, Ask::Lookup]
+        .into_iter()
+        .map(|ask| (ask, Vec::new(), Vec::new()))
+        .collect();
+    for run in 1..=runs {
+        eprintln!("replica run {run}/{runs}");
+        for (ask, on_primary, on_replica) in &mut rates {
+            for (target, out) in [(primary, on_primary), (&replica, on_replica)] {
+                let request = Request {
+                    ask: *ask,
+                    client: target.client.clone(),
+                    base: target.base.clone(),
+                    pool: target.pool.clone(),
+                    ids: ids.clone(),
+                    deep_cursor: target.deep_cursor.clone(),
+                    page_size: fleet_page_size(settings.vehicles),
+                };
+                let warm_up = Duration::from_secs(1);
+                measure(THROUGHPUT_CONCURRENCY, warm_up, request.clone().into_fn()).await?;
+                let measured =
+                    measure(THROUGHPUT_CONCURRENCY, settings.measure, request.into_fn()).await?;
+                out.push(measured.rate);
+            }
+        }
+    }
+    api.terminate(Duration::from_secs(10));
+    drop(standby);
+    Ok(rates)
+}
+
+fn report_replica(rates: &ReplicaRates, report: &mut Report) {
+    let mut table = Table::new(&[
+        "request",
+        "read on the primary, requests/s",
+        "read on a replica, requests/s",
+        "replica ÷ primary",
+    ]);
+    for (ask, on_primary, on_replica) in rates {
+        let per_run: Vec<f64> = on_replica
+            .iter()
+            .zip(on_primary)
+            .map(|(r, p)| r / p)
+            .collect();
+        table.row(vec![
+            ask.label().to_owned(),
+            runs_cell(on_primary, per_second),
+            runs_cell(on_replica, per_second),
+            runs_cell(&per_run, ratio),
+        ]);
+    }
+    report.add(
+        "Query: reads on a streaming replica",
+        &format!(
+            "{THROUGHPUT_CONCURRENCY} in flight. The replica is a `pg_basebackup -R` standby of the \
+             same database on the same machine, read through a second query-api with \
+             `QUERY_DATABASE_URLS`; the two are measured alternately in each run. Both servers \
+             share this machine's cores, so the ratio shows what routing to a replica costs, \
+             not the capacity a replica on its own machine adds."
+        ),
+        &table,
+    );
 }
 
 /// Milliseconds at quantile `q` of each run of `runs`.
