@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use shared::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, VehicleReading};
 use shared::register::{Previous, RegisterRules};
 use sqlx::postgres::PgDatabaseError;
@@ -183,7 +183,7 @@ pub async fn write_batch_with<'a>(
             ..BatchOutcome::default()
         });
     }
-    match write_in_transaction(pool, rules, &rows, HistoryPath::Direct).await {
+    let outcome = match write_in_transaction(pool, rules, &rows, HistoryPath::Direct).await {
         Err(error) if is_unique_violation(&error) => {
             tracing::debug!(
                 "batch holds readings already stored, redoing it through staging tables"
@@ -192,7 +192,51 @@ pub async fn write_batch_with<'a>(
         }
         other => other,
     }
-    .map_err(classify)
+    .map_err(classify)?;
+    analyze_new_partitions(pool, &rows).await;
+    Ok(outcome)
+}
+
+/// Refreshes the statistics of the partitions this batch wrote when they
+/// have doubled since last analysed (`energy_analyze_new_partitions`), so
+/// a filling day's queries are planned as they will be after a full
+/// ANALYZE, not on guesses or on statistics of its first few devices. Best effort: the batch is committed, and a failure (a lock not
+/// granted within 100 ms, say) only leaves the job to the next batch.
+async fn analyze_new_partitions(pool: &PgPool, rows: &BatchRows<'_>) {
+    let days = rows
+        .vehicles
+        .iter()
+        .map(|v| v.recorded_at.instant())
+        .chain(rows.meters.iter().map(|m| m.recorded_at.instant()))
+        .map(|at| at.date_naive());
+    let Some((first, last)) = days.fold(None, |range: Option<(NaiveDate, NaiveDate)>, day| {
+        Some(range.map_or((day, day), |(first, last)| (first.min(day), last.max(day))))
+    }) else {
+        return;
+    };
+    // A backlog spanning more than a month: its newest days matter most.
+    let first = first.max(last - chrono::Days::new(31));
+    let analysed = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '100ms'")
+            .execute(&mut *tx)
+            .await?;
+        let analysed: i32 = sqlx::query_scalar("SELECT energy_analyze_new_partitions($1, $2)")
+            .bind(first)
+            .bind(last)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(analysed)
+    };
+    match analysed.await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            partitions = n,
+            "first statistics of newly filled partitions"
+        ),
+        Err(error) => tracing::warn!(%error, "first statistics of new partitions deferred"),
+    }
 }
 
 async fn write_in_transaction(

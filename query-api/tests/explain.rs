@@ -329,6 +329,16 @@ async fn plans_right_after_an_ingest_have_the_shape_they_have_after_analyze() {
             .await
             .unwrap();
     }
+    // The write path gave the partitions it filled their first statistics.
+    let unanalysed: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_all_tables
+         WHERE (relname LIKE '%\\_p2%') AND n_live_tup > 0
+           AND last_analyze IS NULL AND last_autoanalyze IS NULL",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(unanalysed.is_empty(), "never analysed: {unanalysed:?}");
 
     let (from, to) = (end - TimeDelta::hours(24), end);
     let sources = Sources::for_window(from, to);
