@@ -454,9 +454,17 @@ async fn measure_on_replica(
     let admin: sqlx::postgres::PgConnectOptions = std::env::var("TEST_DATABASE_URL")?.parse()?;
     let port = admin.get_port();
     eprintln!("copying the database to a streaming standby");
-    // The settings scripts/bench.sh gives the primary that matter to reads.
+    // The primary's memory, and its max_connections (a hot standby refuses fewer).
+    let mut server_settings = Vec::new();
+    for name in ["shared_buffers", "max_connections"] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+            .fetch_one(&db.pool)
+            .await?;
+        server_settings.push(format!("{name}={value}"));
+    }
     let standby = tokio::task::spawn_blocking(move || {
-        PrivatePostgres::standby_of(port, &["shared_buffers=2GB", "max_connections=200"])
+        let server_settings: Vec<&str> = server_settings.iter().map(String::as_str).collect();
+        PrivatePostgres::standby_of(port, &server_settings)
     })
     .await?;
     let standby_url = standby.database_url(&db.name);
@@ -796,6 +804,8 @@ async fn sizes(
     for (name, readings) in [
         ("vehicle_readings", vehicle_rows),
         ("meter_readings", meter_rows),
+        ("vehicle_5min", vehicle_rows),
+        ("meter_5min", meter_rows),
         ("vehicle_hourly", vehicle_rows),
         ("meter_hourly", meter_rows),
     ] {
