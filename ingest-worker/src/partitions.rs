@@ -203,13 +203,7 @@ impl Partitions {
         first: NaiveDate,
         last: NaiveDate,
     ) -> Result<i64, UpkeepError> {
-        let mut tx = self.with_lock_timeout(pool).await?;
-        let analysed: i32 = sqlx::query_scalar("SELECT energy_analyze_partitions($1, $2)")
-            .bind(first)
-            .bind(last)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let analysed = analyze(pool, first, last, Analyse::Every, self.lock_timeout).await?;
         Ok(i64::from(analysed))
     }
 
@@ -218,15 +212,7 @@ impl Partitions {
         &self,
         pool: &PgPool,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        // SET cannot take a bound parameter; the value is a number we format.
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            self.lock_timeout.as_millis().max(1)
-        ))
-        .execute(&mut *tx)
-        .await?;
-        Ok(tx)
+        with_lock_timeout(pool, self.lock_timeout).await
     }
 
     /// Creates the partitions of `table` holding readings of `first..=last`.
@@ -268,4 +254,51 @@ fn log(upkeep: &Upkeep) {
             "partitions maintained"
         );
     }
+}
+
+/// Which partitions of the days given [`analyze`] refreshes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Analyse {
+    /// Every one (the upkeep's refresh of the days being filled).
+    Every,
+    /// Those at least twice the size their last analysis saw, never
+    /// analysed included (after each batch, for the days it wrote).
+    Grown,
+}
+
+/// Refreshes the statistics of the partitions (history and rollups) of
+/// days `first..=last` (`energy_analyze_partitions`), waiting at most
+/// `lock_timeout` for a lock. Returns how many it analysed.
+pub async fn analyze(
+    pool: &PgPool,
+    first: NaiveDate,
+    last: NaiveDate,
+    which: Analyse,
+    lock_timeout: Duration,
+) -> Result<i32, sqlx::Error> {
+    let mut tx = with_lock_timeout(pool, lock_timeout).await?;
+    let analysed: i32 = sqlx::query_scalar("SELECT energy_analyze_partitions($1, $2, $3)")
+        .bind(first)
+        .bind(last)
+        .bind(which == Analyse::Grown)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(analysed)
+}
+
+/// A transaction whose statements wait at most `lock_timeout` for a lock.
+async fn with_lock_timeout(
+    pool: &PgPool,
+    lock_timeout: Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // SET cannot take a bound parameter; the value is a number we format.
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis().max(1)
+    ))
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
 }

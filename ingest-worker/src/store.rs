@@ -19,8 +19,10 @@ use shared::domain::{Assignment, DeviceId, EventTime, MeterReading, Reading, Veh
 use shared::register::{Previous, RegisterRules};
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
 
 use crate::copy::encode_rows;
+use crate::partitions::{self, Analyse};
 use crate::registers::{self, Moved};
 use crate::rollup;
 use crate::stream::{HistoryRow, Stream, StreamReading};
@@ -193,16 +195,17 @@ pub async fn write_batch_with<'a>(
         other => other,
     }
     .map_err(classify)?;
-    analyze_new_partitions(pool, &rows).await;
+    analyze_grown_partitions(pool, &rows).await;
     Ok(outcome)
 }
 
 /// Refreshes the statistics of the partitions this batch wrote when they
-/// have doubled since last analysed (`energy_analyze_new_partitions`), so
-/// a filling day's queries are planned as they will be after a full
-/// ANALYZE, not on guesses or on statistics of its first few devices. Best effort: the batch is committed, and a failure (a lock not
-/// granted within 100 ms, say) only leaves the job to the next batch.
-async fn analyze_new_partitions(pool: &PgPool, rows: &BatchRows<'_>) {
+/// have doubled since last analysed ([`partitions::analyze`]), so a
+/// filling day's queries are planned as they will be after a full ANALYZE,
+/// not on guesses or on statistics of its first few devices. Best effort:
+/// the batch is committed, and a failure (a lock not granted within 100 ms,
+/// say) only leaves the job to the next batch.
+async fn analyze_grown_partitions(pool: &PgPool, rows: &BatchRows<'_>) {
     let days = rows
         .vehicles
         .iter()
@@ -216,26 +219,11 @@ async fn analyze_new_partitions(pool: &PgPool, rows: &BatchRows<'_>) {
     };
     // A backlog spanning more than a month: its newest days matter most.
     let first = first.max(last - chrono::Days::new(31));
-    let analysed = async {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL lock_timeout = '100ms'")
-            .execute(&mut *tx)
-            .await?;
-        let analysed: i32 = sqlx::query_scalar("SELECT energy_analyze_new_partitions($1, $2)")
-            .bind(first)
-            .bind(last)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(analysed)
-    };
-    match analysed.await {
+    let lock_timeout = Duration::from_millis(100);
+    match partitions::analyze(pool, first, last, Analyse::Grown, lock_timeout).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(
-            partitions = n,
-            "first statistics of newly filled partitions"
-        ),
-        Err(error) => tracing::warn!(%error, "first statistics of new partitions deferred"),
+        Ok(n) => tracing::info!(partitions = n, "statistics of grown partitions refreshed"),
+        Err(error) => tracing::warn!(%error, "statistics of grown partitions deferred"),
     }
 }
 
