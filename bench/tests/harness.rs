@@ -2,15 +2,22 @@
 //! against the real binaries, passes its own checks (every message stored,
 //! answers equal to the raw computation), and prints every table of
 //! BENCHMARKS.md. No figure is judged: timings are not asserted anywhere.
+//!
+//! The harness gets a PostgreSQL cluster of its own, as `scripts/bench.sh`
+//! gives it one: its replica comparison takes a base backup of the whole
+//! server, which on the shared test server would copy every other test's
+//! database too.
 
 use std::time::Duration;
 
+use test_support::private_postgres::PrivatePostgres;
 use test_support::process::Service;
 
 #[test]
 fn every_scenario_runs_checks_its_results_and_prints_every_table() {
     let output = std::env::temp_dir().join(format!("bench-smoke-{}.md", std::process::id()));
     let output_arg = output.display().to_string();
+    let postgres = PrivatePostgres::start();
     let mut bench = Service::start(
         "bench",
         &[
@@ -35,7 +42,7 @@ fn every_scenario_runs_checks_its_results_and_prints_every_table() {
             "--output",
             &output_arg,
         ],
-        &[],
+        &[("TEST_DATABASE_URL", postgres.url())],
     );
     assert!(
         bench.wait_exit(Duration::from_secs(600)).success(),

@@ -256,14 +256,14 @@ async fn postgres_stopped_mid_stream_then_restarted() {
     );
     postgres.start_again();
 
-    let db = TestDatabase {
-        url: database_url.clone(),
-        pool: sqlx::postgres::PgPoolOptions::new()
+    let db = TestDatabase::existing(
+        database_url.clone(),
+        sqlx::postgres::PgPoolOptions::new()
             .connect(&database_url)
             .await
             .unwrap(),
-        name: "energy".to_owned(),
-    };
+        "energy".to_owned(),
+    );
     assert_stored_exactly(&db, &fleet, Duration::from_secs(120)).await;
     wait_until_ok(&format!("{health}/readyz"), Duration::from_secs(30)).await;
     assert!(worker.is_running(), "the worker exited");

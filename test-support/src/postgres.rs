@@ -13,6 +13,11 @@ pub struct TestDatabase {
     pub url: String,
     pub pool: PgPool,
     pub name: String,
+    /// Whether this value made the database on the test server, and so
+    /// drops it when it goes: a run makes hundreds of databases, and a
+    /// fresh CI machine's disk does not hold them all, twice over with the
+    /// standby.
+    made_here: bool,
 }
 
 fn admin_url() -> String {
@@ -97,22 +102,33 @@ async fn create_database(options: &str) -> TestDatabase {
         .connect_with(options)
         .await
         .expect("connect to the test database");
-    TestDatabase { url, pool, name }
+    TestDatabase {
+        url,
+        pool,
+        name,
+        made_here: true,
+    }
 }
 
 impl TestDatabase {
-    /// Drops the database (its connections cut), for callers that create
-    /// many large ones, like the benchmark harness.
-    pub async fn drop_database(self) -> Result<(), sqlx::Error> {
+    /// A database somebody else made (on a private cluster, say), which
+    /// this value never drops.
+    pub fn existing(url: String, pool: PgPool, name: String) -> Self {
+        Self {
+            url,
+            pool,
+            name,
+            made_here: false,
+        }
+    }
+
+    /// Drops the database now (its connections cut) and reports how that
+    /// went, for callers that make many large ones, like the benchmark
+    /// harness; otherwise it is dropped when the value goes.
+    pub async fn drop_database(mut self) -> Result<(), sqlx::Error> {
+        self.made_here = false;
         self.pool.close().await;
-        let mut connection = PgConnection::connect(&admin_url()).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut connection)
-        .await?;
-        connection.close().await
+        drop_on_test_server(&self.name).await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -120,6 +136,40 @@ impl TestDatabase {
             .fetch_one(&self.pool)
             .await
             .expect(sql)
+    }
+}
+
+async fn drop_on_test_server(name: &str) -> Result<(), sqlx::Error> {
+    let mut connection = PgConnection::connect(&admin_url()).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut connection)
+        .await?;
+    connection.close().await
+}
+
+impl Drop for TestDatabase {
+    /// Drops the database at the end of the test, passed or failed. `Drop`
+    /// cannot await, and may run on the test's runtime, so the statement
+    /// runs on a thread with a runtime of its own; a failure only costs
+    /// disk, so it is reported, not raised.
+    fn drop(&mut self) {
+        if !self.made_here {
+            return;
+        }
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(sqlx::Error::Io)?
+                .block_on(drop_on_test_server(&name))
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("could not drop test database {}: {error}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
     }
 }
 
