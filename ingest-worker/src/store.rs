@@ -25,7 +25,7 @@ use crate::copy::encode_rows;
 use crate::partitions::{self, Analyse};
 use crate::registers::{self, Moved};
 use crate::rollup;
-use crate::stream::{HistoryRow, Stream, StreamReading};
+use crate::stream::{HistoryRow, Stream, StreamReading, VEHICLES};
 
 /// What a committed batch changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -365,10 +365,29 @@ async fn insert_assignments(
          SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[])
          ON CONFLICT DO NOTHING",
     )
-    .bind(vehicle_ids)
+    .bind(&vehicle_ids)
     .bind(starts)
+    .bind(&meter_ids)
+    .execute(&mut *conn)
+    .await?;
+    // An assignment changes which meter counts for its vehicle, and for
+    // the meter's other vehicles: both get the transaction's revision (see
+    // the migration `revisions` for why the meter's is a table apart). The
+    // meters are sorted, so concurrent transactions lock them in one order.
+    sqlx::query(&VEHICLES.revision_update())
+        .bind(&vehicle_ids)
+        .execute(&mut *conn)
+        .await?;
+    let mut meter_ids: Vec<&str> = meter_ids.into_iter().flatten().collect();
+    meter_ids.sort_unstable();
+    meter_ids.dedup();
+    sqlx::query(
+        "INSERT INTO meter_assignment_revisions AS r (meter_id, revision)
+         SELECT meter_id, pg_current_xact_id()::text::bigint FROM UNNEST($1::text[]) AS m(meter_id)
+         ON CONFLICT (meter_id) DO UPDATE SET revision = EXCLUDED.revision",
+    )
     .bind(meter_ids)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected())
 }
@@ -392,6 +411,10 @@ fn newest_per_device<'a, R: StreamReading>(rows: &[&'a R]) -> Vec<&'a R> {
     rows.sort_by(|a, b| a.device().cmp(b.device()));
     rows
 }
+
+/// A device the current-state upsert moved forward: its id, whether it
+/// reports registers, and the time and register of the reading it left.
+type MovedRow = (String, bool, Option<DateTime<Utc>>, Option<f64>);
 
 /// Moves each device's current state forward to its newest reading of the
 /// batch, locking every device's row until commit; returns the devices
@@ -431,18 +454,34 @@ async fn upsert_current<R: StreamReading>(
     for index in 0..R::STREAM.fields.len() {
         query = query.bind(newest.iter().map(|r| r.value(index)).collect::<Vec<_>>());
     }
-    let moved: Vec<(String, Option<DateTime<Utc>>, Option<f64>)> = query
+    let moved: Vec<MovedRow> = query
         .bind(
             newest
                 .iter()
                 .map(|r| with_registers.contains(r.reading.device()))
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(conn)
+        .fetch_all(&mut *conn)
         .await?;
+    // Devices whose readings were all older than their current state: the
+    // upsert left their rows alone, but their history changes, and the
+    // answers query-api keeps for them must see it (the revision).
+    let moved_devices: HashSet<&str> = moved.iter().map(|row| row.0.as_str()).collect();
+    let unmoved: Vec<&str> = newest
+        .iter()
+        .map(|r| r.reading.device().as_str())
+        .filter(|device| !moved_devices.contains(device))
+        .collect();
+    if !unmoved.is_empty() {
+        sqlx::query(&R::STREAM.revision_update())
+            .bind(unmoved)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(moved
         .into_iter()
-        .map(|(device, superseded_at, register)| {
+        .filter(|(_, reports_registers, _, _)| *reports_registers)
+        .map(|(device, _, superseded_at, register)| {
             let previous = superseded_at.map(|at| Previous {
                 recorded_at: EventTime::new(at),
                 register,

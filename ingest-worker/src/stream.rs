@@ -463,9 +463,11 @@ impl Stream {
     /// register reading of the device. The `WHERE` clause makes current
     /// state move forward in event time only: an older or equally old
     /// reading never replaces the stored one (but its row is locked all
-    /// the same, until commit). Returns, for the devices that report
-    /// registers and moved forward, the reading they moved from (NULLs for
-    /// a new device): what [`crate::registers`] derives in-order readings from.
+    /// the same, until commit). Every row it writes takes the
+    /// transaction's revision. Returns each device that moved forward (new
+    /// ones included), whether it reports registers, and the reading it
+    /// moved from (NULLs for a new device): what [`crate::registers`]
+    /// derives in-order readings from.
     pub fn current_upsert(&self) -> String {
         let sets: Vec<String> = self
             .fields
@@ -475,18 +477,21 @@ impl Stream {
         let mut columns = vec![self.device, "recorded_at"];
         columns.extend(self.fields);
         columns.push("reports_registers");
+        columns.push("revision");
         format!(
             "WITH moved AS (
                  INSERT INTO {current} AS c ({columns})
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], {arrays}, ${flags}::bool[])
+                 SELECT *, pg_current_xact_id()::text::bigint
+                 FROM UNNEST($1::text[], $2::timestamptz[], {arrays}, ${flags}::bool[])
                  ON CONFLICT ({device}) DO UPDATE SET
                      recorded_at = EXCLUDED.recorded_at, {sets}, updated_at = now(),
                      reports_registers = c.reports_registers OR EXCLUDED.reports_registers,
-                     superseded_at = c.recorded_at, superseded_register = c.{register}
+                     superseded_at = c.recorded_at, superseded_register = c.{register},
+                     revision = EXCLUDED.revision
                  WHERE c.recorded_at < EXCLUDED.recorded_at
                  RETURNING {device}, reports_registers, superseded_at, superseded_register
              )
-             SELECT {device}, superseded_at, superseded_register FROM moved WHERE reports_registers",
+             SELECT {device}, reports_registers, superseded_at, superseded_register FROM moved",
             current = self.current,
             columns = columns.join(", "),
             arrays = float8_arrays(3, self.fields.len()),
@@ -494,6 +499,18 @@ impl Stream {
             device = self.device,
             register = self.register(),
             sets = sets.join(", "),
+        )
+    }
+
+    /// Gives devices (`$1`) whose current state this transaction did not
+    /// move (all their readings in the batch were older) the transaction's
+    /// revision all the same: their history changed.
+    pub fn revision_update(&self) -> String {
+        format!(
+            "UPDATE {current} SET revision = pg_current_xact_id()::text::bigint
+             WHERE {device} = ANY($1::text[])",
+            current = self.current,
+            device = self.device,
         )
     }
 }

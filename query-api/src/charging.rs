@@ -28,7 +28,7 @@ fn round_to(value: f64, scale: f64) -> f64 {
 /// DC against AC over some interval: the figures every analytics answer
 /// (one window, one bucket, one vehicle of the fleet) reports, in the
 /// original API's field names.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Charging {
     /// kWh, to the watt-hour (3 decimals).

@@ -24,6 +24,7 @@
 //!
 //! Invariant: nothing here writes to the database.
 
+pub mod answers;
 pub mod charging;
 pub mod dashboard;
 pub mod devices;
@@ -54,6 +55,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::answers::{AnswerCache, AnswerCacheArgs};
 use crate::charging::Thresholds;
 use crate::reads::{ReadArgs, ReadPools};
 use crate::state::AppState;
@@ -70,6 +72,9 @@ pub struct QueryArgs {
 
     #[command(flatten)]
     pub reads: ReadArgs,
+
+    #[command(flatten)]
+    pub answers: AnswerCacheArgs,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -160,6 +165,7 @@ pub async fn serve(
         reads: reads.clone(),
         max_window: chrono::TimeDelta::days(i64::from(args.max_window_days)),
         retention_days: args.retention_days,
+        answers: Arc::new(AnswerCache::new(&args.answers)),
         thresholds: Thresholds {
             healthy: args.healthy_efficiency,
             warning: args.warning_efficiency,

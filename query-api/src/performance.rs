@@ -10,11 +10,13 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::domain::DeviceId;
 use shared::wire::format_timestamp;
 use sqlx::PgPool;
 
+use crate::answers::{AnswerCache, Kept, Revisions};
 use crate::charging::Charging;
 use crate::error::ApiError;
 use crate::params::{device_id, QueryParams, Window};
@@ -28,6 +30,69 @@ use crate::state::AppState;
 /// every access is an index range scan on (device id, time) in the
 /// partitions of the window's days and months. `$1` vehicle, `$2`/`$3` window.
 pub fn sql(sources: &Sources) -> String {
+    statement(sources, false)
+}
+
+/// [`sql`], plus what an answer needs to be kept ([`crate::answers`]):
+/// `revision`, `meters`, `meter_revisions`, `assignment_revisions` and
+/// `changes_at`, with `$4` the furthest `changes_at` asked for. Its sources
+/// must name the raw days through `$4`.
+pub fn kept_sql(sources: &Sources) -> String {
+    statement(sources, true)
+}
+
+/// The CTEs of the validity columns: the meters that could count for the
+/// vehicle (every span considered), their revisions, and their first
+/// readings and assignments past each window edge.
+fn validity_ctes(sources: &Sources) -> String {
+    format!(
+        ",
+relevant AS (SELECT DISTINCT meter_id FROM spans),
+relevant_revisions AS (
+    SELECT array_agg(r.meter_id ORDER BY r.meter_id COLLATE \"C\") AS meters,
+           array_agg(coalesce(c.revision, -1) ORDER BY r.meter_id COLLATE \"C\") AS meter_revisions,
+           array_agg(coalesce(ar.revision, -1) ORDER BY r.meter_id COLLATE \"C\") AS assignment_revisions
+    FROM relevant r
+    LEFT JOIN meters_current c USING (meter_id)
+    LEFT JOIN meter_assignment_revisions ar USING (meter_id)
+),
+meter_events AS (
+    SELECT min(entering.at) AS entering, min(leaving.at) AS leaving, min(assigned.at) AS assigned
+    FROM relevant r
+    CROSS JOIN LATERAL (SELECT min(x.recorded_at) AS at FROM {meter_raw} x
+        WHERE x.meter_id = r.meter_id AND x.recorded_at > $3 AND x.recorded_at <= $4) entering
+    CROSS JOIN LATERAL (SELECT min(x.recorded_at) AS at FROM {meter_raw} x
+        WHERE x.meter_id = r.meter_id AND x.recorded_at > $2 AND x.recorded_at <= $3) leaving
+    CROSS JOIN LATERAL (SELECT min(a.starts_at) AS at FROM assignments a
+        WHERE a.meter_id = r.meter_id AND a.starts_at > $3 AND a.starts_at <= $4) assigned
+)",
+        meter_raw = sources.meter_raw,
+    )
+}
+
+/// The validity columns (see [`kept_sql`]) over `relevant_revisions` and
+/// `meter_events`: readings entering after `$3`, leaving after `$2` (so at
+/// their time plus the width), and assignments after `$3`.
+fn validity_columns(sources: &Sources) -> String {
+    format!(
+        ",
+       (SELECT revision FROM vehicles_current WHERE vehicle_id = $1) AS revision,
+       rr.meters, rr.meter_revisions, rr.assignment_revisions,
+       LEAST(
+           (SELECT min(x.recorded_at) FROM {vehicle_raw} x
+             WHERE x.vehicle_id = $1 AND x.recorded_at > $3 AND x.recorded_at <= $4),
+           (SELECT min(x.recorded_at) FROM {vehicle_raw} x
+             WHERE x.vehicle_id = $1 AND x.recorded_at > $2 AND x.recorded_at <= $3) + ($3 - $2),
+           (SELECT min(a.starts_at) FROM assignments a
+             WHERE a.vehicle_id = $1 AND a.starts_at > $3 AND a.starts_at <= $4),
+           me.entering, me.leaving + ($3 - $2), me.assigned,
+           $4
+       ) AS changes_at",
+        vehicle_raw = sources.vehicle_raw,
+    )
+}
+
+fn statement(sources: &Sources, kept: bool) -> String {
     let vehicle = Pieces {
         raw: &sources.vehicle_raw,
         five: &sources.vehicle_5min,
@@ -48,14 +113,14 @@ pub fn sql(sources: &Sources) -> String {
 vehicle AS (
     SELECT {n} AS n, {dc} AS dc, {temp} AS temp
     FROM window_cut c{laterals}
-)
+){validity_ctes}
 SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
        CASE WHEN v.n > 0 THEN v.temp / v.n END AS avg_battery_temp,
        (SELECT coalesce(sum(n), 0)::bigint FROM meter_pieces) AS meter_readings,
        (SELECT coalesce(sum(ac), 0) FROM meter_pieces) AS sum_ac,
        (SELECT coalesce(array_agg(DISTINCT meter_id COLLATE \"C\" ORDER BY meter_id COLLATE \"C\"), '{{}}')
-          FROM meter_pieces WHERE n > 0) AS meter_ids
-FROM vehicle v",
+          FROM meter_pieces WHERE n > 0) AS meter_ids{validity_columns}
+FROM vehicle v{validity_from}",
         spans = crate::sql::spans_cte("$2", "$3"),
         meter_cut = crate::sql::meter_cut_cte("$2", "$3", "true"),
         meter_pieces = crate::sql::meter_pieces_cte(sources),
@@ -64,11 +129,14 @@ FROM vehicle v",
         dc = Pieces::total("dc"),
         temp = Pieces::total("temp"),
         laterals = vehicle.laterals(),
+        validity_ctes = if kept { validity_ctes(sources) } else { String::new() },
+        validity_columns = if kept { validity_columns(sources) } else { String::new() },
+        validity_from = if kept { ", relevant_revisions rr, meter_events me" } else { "" },
     )
 }
 
 /// The original API's response shape.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Performance {
     pub vehicle_id: String,
@@ -90,6 +158,103 @@ struct PerformanceRow {
     meter_ids: Vec<String>,
 }
 
+impl PerformanceRow {
+    /// The answer, or `None` when the vehicle has no readings in `window`.
+    fn into_answer(self, vehicle: &DeviceId, window: Window) -> Option<Performance> {
+        if self.vehicle_readings == 0 {
+            return None;
+        }
+        Some(Performance {
+            vehicle_id: vehicle.to_string(),
+            charging: Charging::new(
+                self.vehicle_readings,
+                self.sum_dc,
+                self.avg_battery_temp,
+                self.meter_readings,
+                self.sum_ac,
+            ),
+            from: format_timestamp(window.from),
+            to: format_timestamp(window.to),
+            meter_ids: self.meter_ids,
+        })
+    }
+}
+
+/// A row of [`kept_sql`].
+#[derive(sqlx::FromRow)]
+struct KeptRow {
+    #[sqlx(flatten)]
+    figures: PerformanceRow,
+    revision: Option<i64>,
+    meters: Vec<String>,
+    meter_revisions: Vec<i64>,
+    assignment_revisions: Vec<i64>,
+    changes_at: DateTime<Utc>,
+}
+
+/// [`vehicle_performance`] through the answer cache: the kept answer when
+/// it covers `window` and its revisions still hold, otherwise computed
+/// again (with what it takes to keep it) and kept.
+pub async fn kept_vehicle_performance(
+    pool: &PgPool,
+    answers: &AnswerCache<Performance>,
+    vehicle: &DeviceId,
+    window: Window,
+) -> Result<Option<Performance>, sqlx::Error> {
+    if let Some(kept) = answers.candidate(vehicle.as_str(), window) {
+        if kept.revisions.read_now(pool, vehicle.as_str()).await? == kept.revisions {
+            metrics::counter!("energy_query_answers_total", "outcome" => "kept").increment(1);
+            let mut answer = kept.figures.clone();
+            answer.from = format_timestamp(window.from);
+            answer.to = format_timestamp(window.to);
+            return Ok(Some(answer));
+        }
+        metrics::counter!("energy_query_answers_total", "outcome" => "changed").increment(1);
+    }
+    let horizon = window.to + answers.reuse_max;
+    // The sources name the raw days through the horizon: readings stored
+    // ahead of the window's end are looked for there.
+    let reach = Window {
+        from: window.from,
+        to: horizon,
+    };
+    let row: KeptRow = crate::sql::with_named_partitions(reach, |sources| {
+        let statement = kept_sql(sources);
+        async move {
+            sqlx::query_as(&statement)
+                .bind(vehicle.as_str())
+                .bind(window.from)
+                .bind(window.to)
+                .bind(horizon)
+                .fetch_one(pool)
+                .await
+        }
+    })
+    .await?;
+    metrics::counter!("energy_query_answers_total", "outcome" => "computed").increment(1);
+    let revisions = Revisions {
+        vehicle: row.revision,
+        meters: row.meters,
+        meter_readings: row.meter_revisions,
+        meter_assignments: row.assignment_revisions,
+    };
+    let changes_at = row.changes_at;
+    let answer = row.figures.into_answer(vehicle, window);
+    if let Some(figures) = &answer {
+        answers.keep(
+            vehicle.as_str(),
+            window,
+            Kept {
+                to: window.to,
+                changes_at,
+                revisions,
+                figures: figures.clone(),
+            },
+        );
+    }
+    Ok(answer)
+}
+
 /// Computes the efficiency of `vehicle` over `window`; `None` when the vehicle
 /// has no readings in it.
 pub async fn vehicle_performance(
@@ -109,22 +274,7 @@ pub async fn vehicle_performance(
         }
     })
     .await?;
-    if row.vehicle_readings == 0 {
-        return Ok(None);
-    }
-    Ok(Some(Performance {
-        vehicle_id: vehicle.to_string(),
-        charging: Charging::new(
-            row.vehicle_readings,
-            row.sum_dc,
-            row.avg_battery_temp,
-            row.meter_readings,
-            row.sum_ac,
-        ),
-        from: format_timestamp(window.from),
-        to: format_timestamp(window.to),
-        meter_ids: row.meter_ids,
-    }))
+    Ok(row.into_answer(vehicle, window))
 }
 
 #[utoipa::path(
@@ -181,7 +331,13 @@ async fn respond(
     let vehicle = &vehicle;
     let performance = state
         .reads
-        .read(|pool| async move { vehicle_performance(&pool, vehicle, window).await })
+        .read(|pool| async move {
+            if state.answers.enabled() {
+                kept_vehicle_performance(&pool, &state.answers, vehicle, window).await
+            } else {
+                vehicle_performance(&pool, vehicle, window).await
+            }
+        })
         .await?;
     match performance {
         Some(performance) => Ok(Json(performance)),

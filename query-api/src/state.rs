@@ -8,9 +8,11 @@ use chrono::{TimeDelta, Utc};
 use shared::wire::{format_timestamp, ValidationRules};
 use sqlx::PgPool;
 
+use crate::answers::AnswerCache;
 use crate::charging::Thresholds;
 use crate::error::ApiError;
 use crate::params::{QueryParams, Window};
+use crate::performance::Performance;
 use crate::reads::ReadPools;
 use crate::sql::{with_named_partitions, Sources};
 
@@ -23,6 +25,8 @@ pub struct AppState {
     pub thresholds: Thresholds,
     /// Days of raw readings the worker keeps (RETENTION_DAYS).
     pub retention_days: u32,
+    /// Performance answers kept between requests ([`crate::answers`]).
+    pub answers: Arc<AnswerCache<Performance>>,
 }
 
 impl AppState {

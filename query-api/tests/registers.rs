@@ -14,23 +14,17 @@ use query_api::sql::Sources;
 use query_api::{fleet, meters, performance, series};
 use serde_json::Value;
 use sqlx::Row;
-use test_support::oracle::{answered_hundredths, answers_kwh, figures};
+use test_support::oracle::{answers_kwh, figures};
 use test_support::postgres::fresh_database;
 use test_support::readings::{
     assignment, decode, meter, meter_register, vehicle, vehicle_register,
 };
-use test_support::reference::{Charging, Model};
+use test_support::reference::{answers_hundredths, assert_answers_charging, Charging, Model};
 
 use common::Api;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-/// Whether `answered` is how the API may answer a figure of two decimals
-/// whose exact value is `exact`.
-fn answers_hundredths(answered: f64, exact: f64) -> bool {
-    answered == answered_hundredths(answered) && (answered - exact).abs() <= 0.005 * (1.0 + 1e-9)
 }
 
 /// How a device reports energy.
@@ -454,37 +448,7 @@ async fn compare_answers(
     seed: u64,
 ) {
     let format = shared::wire::format_timestamp;
-    let check_charging = |got: &Value, want: &Charging, context: &str| {
-        assert_eq!(
-            got["vehicleReadings"], want.vehicle_readings,
-            "{context}: {got}"
-        );
-        assert_eq!(
-            got["meterReadings"], want.meter_readings,
-            "{context}: {got}"
-        );
-        assert!(
-            answers_kwh(got["sumDC"].as_f64().unwrap(), want.sum_dc),
-            "{context}: {got} vs {want:?}"
-        );
-        assert!(
-            answers_kwh(got["sumAC"].as_f64().unwrap(), want.sum_ac),
-            "{context}: {got} vs {want:?}"
-        );
-        match (got["efficiency"].as_f64(), want.sum_ac > 0.0) {
-            (Some(e), true) => assert!(
-                answers_hundredths(e, 100.0 * want.sum_dc / want.sum_ac),
-                "{context}: {got}"
-            ),
-            (None, false) => {}
-            _ => panic!("{context}: efficiency {got} vs {want:?}"),
-        }
-        match (got["avgBatteryTemp"].as_f64(), want.avg_battery_temp()) {
-            (Some(t), Some(w)) => assert!(answers_hundredths(t, w), "{context}: {got}"),
-            (None, None) => {}
-            _ => panic!("{context}: temperature {got} vs {want:?}"),
-        }
-    };
+    let check_charging = assert_answers_charging;
     for &(from, to) in windows {
         let window = [("from", format(from)), ("to", format(to))];
         for id in vehicles {

@@ -403,6 +403,48 @@ fn replay(sent: impl Iterator<Item = Sent>) -> Vec<Stored> {
     stored
 }
 
+/// Whether `answered` is how the API may answer a figure of two decimals
+/// whose exact value is `exact`.
+pub fn answers_hundredths(answered: f64, exact: f64) -> bool {
+    answered == crate::oracle::answered_hundredths(answered)
+        && (answered - exact).abs() <= 0.005 * (1.0 + 1e-9)
+}
+
+/// Checks a performance answer's figures (not its meters) against what the
+/// model holds, each to the API's rounding.
+pub fn assert_answers_charging(got: &Value, want: &Charging, context: &str) {
+    use crate::oracle::answers_kwh;
+    assert_eq!(
+        got["vehicleReadings"], want.vehicle_readings,
+        "{context}: {got}"
+    );
+    assert_eq!(
+        got["meterReadings"], want.meter_readings,
+        "{context}: {got}"
+    );
+    assert!(
+        answers_kwh(got["sumDC"].as_f64().unwrap(), want.sum_dc),
+        "{context}: {got} vs {want:?}"
+    );
+    assert!(
+        answers_kwh(got["sumAC"].as_f64().unwrap(), want.sum_ac),
+        "{context}: {got} vs {want:?}"
+    );
+    match (got["efficiency"].as_f64(), want.sum_ac > 0.0) {
+        (Some(e), true) => assert!(
+            answers_hundredths(e, 100.0 * want.sum_dc / want.sum_ac),
+            "{context}: {got}"
+        ),
+        (None, false) => {}
+        _ => panic!("{context}: efficiency {got} vs {want:?}"),
+    }
+    match (got["avgBatteryTemp"].as_f64(), want.avg_battery_temp()) {
+        (Some(t), Some(w)) => assert!(answers_hundredths(t, w), "{context}: {got}"),
+        (None, None) => {}
+        _ => panic!("{context}: temperature {got} vs {want:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
