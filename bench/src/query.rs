@@ -31,7 +31,9 @@ use test_support::process::{wait_until_ok, Service};
 
 use crate::cpu::{machine_busy_seconds, own_cpu_seconds, process_cpu_seconds};
 use crate::load::store_fleet;
-use crate::report::{count, millis, per_second, quantile, ratio, runs_cell, Report, Table};
+use crate::report::{
+    count, millis, per_second, percent, quantile, ratio, runs_cell, Report, Table,
+};
 
 pub struct Settings {
     pub vehicles: u32,
@@ -128,6 +130,9 @@ struct Case {
     ask: Ask,
     single: Vec<Measured>,
     parallel: Vec<Measured>,
+    /// Per run, the share of performance answers served kept (after the
+    /// revision check) during the measurement at THROUGHPUT_CONCURRENCY.
+    kept: Vec<f64>,
 }
 
 /// Everything one request of a measurement needs.
@@ -372,6 +377,7 @@ async fn measure_runs(
         ask,
         single: Vec::new(),
         parallel: Vec::new(),
+        kept: Vec::new(),
     })
     .collect();
     let mut cpu_splits = Vec::new();
@@ -416,9 +422,16 @@ async fn measure_runs(
                 own_cpu_seconds(),
             );
             if !case.ask.is_fleet() {
+                let before = answer_outcomes(&service.client, &service.base).await?;
                 case.parallel.push(
                     measure(THROUGHPUT_CONCURRENCY, settings.measure, request.into_fn()).await?,
                 );
+                if case.ask == Ask::Performance {
+                    let after = answer_outcomes(&service.client, &service.base).await?;
+                    let kept = after.0 - before.0;
+                    let all = kept + after.1 - before.1;
+                    case.kept.push(if all > 0.0 { kept / all } else { 0.0 });
+                }
             }
             if case.ask == Ask::Performance && case.vehicle == per_minute {
                 let machine = machine_busy_seconds() - machine;
@@ -435,6 +448,25 @@ async fn measure_runs(
         }
     }
     Ok((cases, cpu_splits))
+}
+
+/// query-api's performance answers so far from its `/metrics`: (served
+/// kept, computed).
+async fn answer_outcomes(client: &reqwest::Client, base: &str) -> anyhow::Result<(f64, f64)> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let count = |outcome: &str| {
+        let prefix = format!("energy_query_answers_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((count("kept"), count("computed")))
 }
 
 /// Requests/s at THROUGHPUT_CONCURRENCY in flight, per run, of each
@@ -652,6 +684,24 @@ fn report_targets(settings: &Settings, cases: &[Case], report: &mut Report) {
             ratio,
         ),
         "≥ 0.50×".into(),
+    ]);
+    table.row(vec![
+        format!(
+            "share of those performance answers served kept (revisions checked, not computed): per-minute vehicles, random of {}",
+            settings.vehicles
+        ),
+        runs_cell(&performance.kept, percent),
+        "(what the rate rests on)".into(),
+    ]);
+    table.row(vec![
+        format!(
+            "the figures' SQL alone, as on a request that cannot use a kept answer, ÷ primary-key lookup over HTTP, requests/s at {THROUGHPUT_CONCURRENCY} in flight"
+        ),
+        runs_cell(
+            &per_run(&rates(&named.parallel), &rates(&lookup.parallel)),
+            ratio,
+        ),
+        "(an answer computed again)".into(),
     ]);
     table.row(vec![
         "every-second vehicle's p99 ÷ per-minute vehicle's p99, 1 in flight".into(),

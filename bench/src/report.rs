@@ -200,6 +200,11 @@ pub fn ratio(x: f64) -> String {
     format!("{x:.2}×")
 }
 
+/// A share (0–1) as a percentage.
+pub fn percent(x: f64) -> String {
+    format!("{:.1} %", 100.0 * x)
+}
+
 pub fn mebibytes(kib: f64) -> String {
     format!("{:.0} MiB", kib / 1024.0)
 }
