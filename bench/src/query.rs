@@ -302,10 +302,19 @@ async fn load(
     };
     let (second_vehicle_rows, second_meter_rows) =
         store_fleet(&db.pool, every_second, u64::from(settings.hours) * 3600).await?;
-    // What the worker's upkeep does after each round, for the days it fills.
-    partitions
+    // What the worker's upkeep does after each round, for the days it fills;
+    // like the upkeep, tried again when a lock (autovacuum's, the batches'
+    // own statistics step) outlasts its lock timeout.
+    let mut attempt = 0;
+    while let Err(error) = partitions
         .analyze_days(&db.pool, start.date_naive(), today)
-        .await?;
+        .await
+    {
+        attempt += 1;
+        anyhow::ensure!(attempt < 10, "partition statistics: {error}");
+        eprintln!("partition statistics deferred ({error}); trying again");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     eprintln!("stored in {:.0} s", loading.elapsed().as_secs_f64());
     Ok(Loaded {
         vehicle_rows: fleet_vehicle_rows + second_vehicle_rows,
