@@ -406,3 +406,54 @@ async fn plans_right_after_an_ingest_have_the_shape_they_have_after_analyze() {
         );
     }
 }
+
+/// Every SQL function of the schema's time grid (`energy_*_start`,
+/// `energy_*_end`) is inlined into the statement calling it. One that is
+/// not runs through PostgreSQL's SQL-function executor on every call: per
+/// row in the worker's rollups, per cut point in the analytics queries,
+/// which cost the 24-hour answer almost half its time (BENCHMARKS.md). A
+/// SQL function is inlined only while its body is no more volatile than its
+/// declaration, so an `IMMUTABLE` over `timestamptz - interval` (`STABLE`)
+/// silently is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_time_grid_functions_are_inlined() {
+    let db = fresh_database().await;
+    let functions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT p.proname::text, p.pronargs::bigint FROM pg_proc p
+         JOIN pg_language l ON l.oid = p.prolang
+         WHERE l.lanname = 'sql' AND p.pronamespace = 'public'::regnamespace
+           AND p.proname ~ '^energy_.*_(start|end)$'
+         ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = functions.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "energy_bucket_end",
+            "energy_bucket_start",
+            "energy_hour_end",
+            "energy_hour_start"
+        ]
+    );
+    for (name, arguments) in functions {
+        let call = match arguments {
+            1 => format!("{name}(recorded_at)"),
+            _ => format!("{name}(recorded_at, interval '5 minutes')"),
+        };
+        let plan: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN (VERBOSE) SELECT {call} FROM vehicle_readings WHERE vehicle_id = $1"
+        ))
+        .bind("V-1")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("date_bin") && !plan.contains(&name),
+            "{name} is not inlined:\n{plan}"
+        );
+    }
+}
