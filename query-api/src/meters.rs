@@ -38,7 +38,7 @@ SELECT coalesce(sum(n), 0)::bigint AS readings, coalesce(sum(sum_ac), 0) AS sum_
        min(min_ac) AS min_ac, max(max_ac) AS max_ac, coalesce(sum(sum_voltage), 0) AS sum_voltage,
        min(min_voltage) AS min_voltage, max(max_voltage) AS max_voltage
 FROM parts",
-        window_cut = crate::sql::window_cut_cte("$2", "$3", "true"),
+        window_cut = crate::sql::window_cut_cte("$2", "$3", "true", crate::sql::Cte::Inline),
     )
 }
 

@@ -121,10 +121,10 @@ SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
        (SELECT coalesce(array_agg(DISTINCT meter_id COLLATE \"C\" ORDER BY meter_id COLLATE \"C\"), '{{}}')
           FROM meter_pieces WHERE n > 0) AS meter_ids{validity_columns}
 FROM vehicle v{validity_from}",
-        spans = crate::sql::spans_cte("$2", "$3"),
-        meter_cut = crate::sql::meter_cut_cte("$2", "$3", "true"),
+        spans = crate::sql::spans_cte("$2", "$3", crate::sql::Cte::Once),
+        meter_cut = crate::sql::meter_cut_cte("$2", "$3", "true", crate::sql::Cte::Once),
         meter_pieces = crate::sql::meter_pieces_cte(sources),
-        window_cut = crate::sql::window_cut_cte("$2", "$3", "true"),
+        window_cut = crate::sql::window_cut_cte("$2", "$3", "true", crate::sql::Cte::Once),
         n = Pieces::total("n"),
         dc = Pieces::total("dc"),
         temp = Pieces::total("temp"),

@@ -68,9 +68,9 @@ SELECT date_bin($4, at - interval '1 microsecond', timestamptz '2000-01-01 00:00
 FROM parts
 GROUP BY 1
 ORDER BY 1",
-        spans = crate::sql::spans_cte("$2", "$3"),
-        meter_cut = crate::sql::meter_cut_cte("$2", "$3", "$5"),
-        window_cut = crate::sql::window_cut_cte("$2", "$3", "$5"),
+        spans = crate::sql::spans_cte("$2", "$3", crate::sql::Cte::Inline),
+        meter_cut = crate::sql::meter_cut_cte("$2", "$3", "$5", crate::sql::Cte::Inline),
+        window_cut = crate::sql::window_cut_cte("$2", "$3", "$5", crate::sql::Cte::Inline),
     )
 }
 

@@ -22,6 +22,14 @@
 //! cost does not grow with retention; [`Sources::parents`] names the
 //! partitioned tables, for when a partition is missing.
 //!
+//! **Cut once, where pieces are rescanned.** A statement reading the pieces
+//! in lateral subqueries (the 24-hour answer) rescans them once per span;
+//! with its CTEs of spans and cut points inlined, PostgreSQL would evaluate
+//! their expressions again in every index condition of every rescan, so it
+//! asks for them [`Cte::Once`] (a quarter less time, BENCHMARKS.md). The
+//! statements joining pieces as sets leave them [`Cte::Inline`]: their
+//! plans rest on the planner's estimates through the CTEs.
+//!
 //! **Which meter counts.** An assignment of vehicle V to meter M at `start`
 //! holds until V's next assignment event, or until M is assigned to another
 //! vehicle (on a tie, the greater vehicle id gets it, by byte order:
@@ -133,14 +141,34 @@ fn union(parent: &str, suffixes: &[String]) -> String {
     }
 }
 
+/// How a statement has PostgreSQL evaluate a CTE of spans or cut points
+/// (see the module's doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cte {
+    /// `MATERIALIZED`: computed once, for pieces read in lateral subqueries.
+    Once,
+    /// Left to the planner, which may inline it, for pieces joined as sets.
+    Inline,
+}
+
+impl Cte {
+    fn keyword(self) -> &'static str {
+        match self {
+            Cte::Once => "AS MATERIALIZED",
+            Cte::Inline => "AS",
+        }
+    }
+}
+
 /// `spans(vehicle_id, meter_id, starts_at, ends_at)` of the vehicles in a
 /// preceding CTE `wanted(vehicle_id)` that can matter for the window
 /// `(from, to]`; `ends_at` is NULL while open. Assignments before a
 /// vehicle's last event at or before `from` ended by then, so the query
 /// reads only a few per vehicle however long the assignment history.
-pub fn spans_cte(from: &str, to: &str) -> String {
+pub fn spans_cte(from: &str, to: &str, cte: Cte) -> String {
+    let evaluated = cte.keyword();
     format!(
-        "spans AS (
+        "spans {evaluated} (
     SELECT a.vehicle_id, a.meter_id, a.starts_at,
            LEAST(
                (SELECT min(n.starts_at) FROM assignments n
@@ -189,9 +217,10 @@ fn cut_columns(hourly: &str) -> String {
 
 /// `meter_cut(vehicle_id, meter_id, lo, hi, head_hi, a, b, tail_lo)`: each
 /// span clipped to the window `(from, to]` and cut.
-pub fn meter_cut_cte(from: &str, to: &str, hourly: &str) -> String {
+pub fn meter_cut_cte(from: &str, to: &str, hourly: &str, cte: Cte) -> String {
+    let evaluated = cte.keyword();
     format!(
-        "meter_cut AS (
+        "meter_cut {evaluated} (
     SELECT vehicle_id, meter_id, lo, hi, {cut}
         FROM (
             SELECT vehicle_id, meter_id,
@@ -207,9 +236,10 @@ pub fn meter_cut_cte(from: &str, to: &str, hourly: &str) -> String {
 }
 
 /// `window_cut(lo, hi, head_hi, a, b, tail_lo)` of the window `(from, to]`.
-pub fn window_cut_cte(from: &str, to: &str, hourly: &str) -> String {
+pub fn window_cut_cte(from: &str, to: &str, hourly: &str, cte: Cte) -> String {
+    let evaluated = cte.keyword();
     format!(
-        "window_cut AS (
+        "window_cut {evaluated} (
     SELECT lo, hi, {cut}
         FROM (SELECT {from}::timestamptz AS lo, {to}::timestamptz AS hi) window_bounds
     ) bounded
