@@ -11,11 +11,15 @@
 //!   device's row its transaction id whenever it stores a reading of it
 //!   (late ones included) or an assignment naming it, in the batch's
 //!   transaction. Equal revisions, read in one snapshot, mean the same rows.
-//! - **`changes_at`**: the earliest `t` at which the same-width window
-//!   `(t - width, t]` can hold other rows than `(f0, t0]` did: the first
-//!   stored reading or assignment after `t0` (it enters), the first
-//!   reading after `f0` plus the width (it leaves), or `t0` plus
-//!   `QUERY_ANSWER_REUSE_MAX_MS`, whichever comes first.
+//! - **`changes_at`**: a `t` no later than the first at which the
+//!   same-width window `(t - width, t]` can hold other rows than `(f0, t0]`
+//!   did: the first stored reading or assignment after `t0` (it enters),
+//!   the first counted reading after `f0` plus the width (it leaves), or
+//!   `t0` plus `QUERY_ANSWER_REUSE_MAX_MS`, whichever comes first. Where
+//!   finding a reading exactly would cost a probe of its own, a bound read
+//!   on the way is used instead (a raw edge's end when it holds no reading;
+//!   no probe past `t0` for a device whose current state is not past it):
+//!   earlier is never wrong, only computed again sooner.
 //!
 //! A request for `(f, t]` of the same width with `t0 <= t < changes_at`
 //! whose revisions are unchanged gets the kept figures; anything else is

@@ -43,7 +43,9 @@ pub fn kept_sql(sources: &Sources) -> String {
 
 /// The CTEs of the validity columns: the meters that could count for the
 /// vehicle (every span considered), their revisions, and their first
-/// readings and assignments past each window edge.
+/// readings and assignments past the window's end. A device whose current
+/// state is not past the window's end has no reading there: its probe is
+/// skipped (`CASE` runs a subquery only when asked).
 fn validity_ctes(sources: &Sources) -> String {
     format!(
         ",
@@ -51,41 +53,42 @@ relevant AS (SELECT DISTINCT meter_id FROM spans),
 relevant_revisions AS (
     SELECT array_agg(r.meter_id ORDER BY r.meter_id COLLATE \"C\") AS meters,
            array_agg(coalesce(c.revision, -1) ORDER BY r.meter_id COLLATE \"C\") AS meter_revisions,
-           array_agg(coalesce(ar.revision, -1) ORDER BY r.meter_id COLLATE \"C\") AS assignment_revisions
+           array_agg(coalesce(ar.revision, -1) ORDER BY r.meter_id COLLATE \"C\") AS assignment_revisions,
+           min(CASE WHEN c.recorded_at > $3 THEN
+               (SELECT min(x.recorded_at) FROM {meter_raw} x
+                 WHERE x.meter_id = r.meter_id AND x.recorded_at > $3 AND x.recorded_at <= $4)
+           END) AS entering,
+           min((SELECT min(a.starts_at) FROM assignments a
+                 WHERE a.meter_id = r.meter_id AND a.starts_at > $3 AND a.starts_at <= $4)) AS assigned
     FROM relevant r
     LEFT JOIN meters_current c USING (meter_id)
     LEFT JOIN meter_assignment_revisions ar USING (meter_id)
 ),
-meter_events AS (
-    SELECT min(entering.at) AS entering, min(leaving.at) AS leaving, min(assigned.at) AS assigned
-    FROM relevant r
-    CROSS JOIN LATERAL (SELECT min(x.recorded_at) AS at FROM {meter_raw} x
-        WHERE x.meter_id = r.meter_id AND x.recorded_at > $3 AND x.recorded_at <= $4) entering
-    CROSS JOIN LATERAL (SELECT min(x.recorded_at) AS at FROM {meter_raw} x
-        WHERE x.meter_id = r.meter_id AND x.recorded_at > $2 AND x.recorded_at <= $3) leaving
-    CROSS JOIN LATERAL (SELECT min(a.starts_at) AS at FROM assignments a
-        WHERE a.meter_id = r.meter_id AND a.starts_at > $3 AND a.starts_at <= $4) assigned
-)",
+vehicle_now AS (SELECT revision, recorded_at FROM vehicles_current WHERE vehicle_id = $1)",
         meter_raw = sources.meter_raw,
     )
 }
 
 /// The validity columns (see [`kept_sql`]) over `relevant_revisions` and
-/// `meter_events`: readings entering after `$3`, leaving after `$2` (so at
-/// their time plus the width), and assignments after `$3`.
+/// `vehicle_now`: readings entering after `$3`; readings leaving, at the
+/// earliest counted one's time plus the width, bounded from below by each
+/// piece's `leaving_from` (no probe of its own); assignments after `$3`.
 fn validity_columns(sources: &Sources) -> String {
     format!(
         ",
-       (SELECT revision FROM vehicles_current WHERE vehicle_id = $1) AS revision,
+       (SELECT revision FROM vehicle_now) AS revision,
        rr.meters, rr.meter_revisions, rr.assignment_revisions,
        LEAST(
-           (SELECT min(x.recorded_at) FROM {vehicle_raw} x
-             WHERE x.vehicle_id = $1 AND x.recorded_at > $3 AND x.recorded_at <= $4),
-           (SELECT min(x.recorded_at) FROM {vehicle_raw} x
-             WHERE x.vehicle_id = $1 AND x.recorded_at > $2 AND x.recorded_at <= $3) + ($3 - $2),
+           CASE WHEN (SELECT recorded_at FROM vehicle_now) > $3 THEN
+               (SELECT min(x.recorded_at) FROM {vehicle_raw} x
+                 WHERE x.vehicle_id = $1 AND x.recorded_at > $3 AND x.recorded_at <= $4)
+           END,
+           v.leaving_from + ($3 - $2),
            (SELECT min(a.starts_at) FROM assignments a
              WHERE a.vehicle_id = $1 AND a.starts_at > $3 AND a.starts_at <= $4),
-           me.entering, me.leaving + ($3 - $2), me.assigned,
+           rr.entering,
+           (SELECT min(leaving_from) FROM meter_pieces) + ($3 - $2),
+           rr.assigned,
            $4
        ) AS changes_at",
         vehicle_raw = sources.vehicle_raw,
@@ -111,7 +114,8 @@ fn statement(sources: &Sources, kept: bool) -> String {
 {meter_pieces},
 {window_cut},
 vehicle AS (
-    SELECT {n} AS n, {dc} AS dc, {temp} AS temp
+    SELECT {n} AS n, {dc} AS dc, {temp} AS temp,
+           coalesce(head.first_at, c.head_hi) AS leaving_from
     FROM window_cut c{laterals}
 ){validity_ctes}
 SELECT v.n AS vehicle_readings, v.dc AS sum_dc,
@@ -131,7 +135,7 @@ FROM vehicle v{validity_from}",
         laterals = vehicle.laterals(),
         validity_ctes = if kept { validity_ctes(sources) } else { String::new() },
         validity_columns = if kept { validity_columns(sources) } else { String::new() },
-        validity_from = if kept { ", relevant_revisions rr, meter_events me" } else { "" },
+        validity_from = if kept { ", relevant_revisions rr" } else { "" },
     )
 }
 

@@ -264,7 +264,8 @@ pub struct Pieces<'a> {
 }
 
 impl Pieces<'_> {
-    /// The five lateral subqueries.
+    /// The five lateral subqueries. The two raw ones also give `first_at`,
+    /// their earliest reading's time.
     pub fn laterals(&self) -> String {
         let raw = |lo: &str, hi: &str| {
             let sums: Vec<String> = self
@@ -273,7 +274,7 @@ impl Pieces<'_> {
                 .map(|(name, expression, _)| format!("coalesce(sum({expression}), 0) AS {name}"))
                 .collect();
             format!(
-                "SELECT count(*) AS n, {sums} FROM {table} x
+                "SELECT count(*) AS n, {sums}, min(x.recorded_at) AS first_at FROM {table} x
         WHERE {device} AND x.recorded_at > {cut}.{lo} AND x.recorded_at <= {cut}.{hi}",
                 sums = sums.join(", "),
                 table = self.raw,
@@ -363,7 +364,9 @@ impl PieceRows<'_> {
     }
 }
 
-/// `meter_pieces(vehicle_id, meter_id, n, ac)`: readings and kWh of each cut span.
+/// `meter_pieces(vehicle_id, meter_id, n, ac, leaving_from)`: readings and
+/// kWh of each cut span, and a time at or before its earliest reading (the
+/// earliest one in its raw head, or the head's end when that holds none).
 pub fn meter_pieces_cte(sources: &Sources) -> String {
     let pieces = Pieces {
         raw: &sources.meter_raw,
@@ -375,7 +378,8 @@ pub fn meter_pieces_cte(sources: &Sources) -> String {
     };
     format!(
         "meter_pieces AS (
-    SELECT c.vehicle_id, c.meter_id, {n} AS n, {ac} AS ac
+    SELECT c.vehicle_id, c.meter_id, {n} AS n, {ac} AS ac,
+           coalesce(head.first_at, c.head_hi) AS leaving_from
     FROM meter_cut c{laterals}
 )",
         n = Pieces::total("n"),
