@@ -63,8 +63,8 @@ SELECT f.vehicle_id, f.n AS vehicle_readings, f.dc AS sum_dc, f.temp / f.n AS av
 FROM fleet f LEFT JOIN meters m USING (vehicle_id)
 WHERE f.n > 0",
         window_cut = crate::sql::window_cut_cte("$1", "$2", "true", crate::sql::Cte::Inline),
-        spans = crate::sql::spans_cte("$1", "$2", crate::sql::Cte::Inline),
-        meter_cut = crate::sql::meter_cut_cte("$1", "$2", "true", crate::sql::Cte::Inline),
+        spans = crate::sql::spans_cte("$1", "$2", crate::sql::Cte::Once),
+        meter_cut = crate::sql::meter_cut_cte("$1", "$2", "true", crate::sql::Cte::Once),
         meter_pieces = crate::sql::meter_pieces_cte(sources),
     )
 }

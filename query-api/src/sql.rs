@@ -23,11 +23,12 @@
 //! partitioned tables, for when a partition is missing.
 //!
 //! **Cut once, where pieces are rescanned.** A statement reading the pieces
-//! in lateral subqueries (the 24-hour answer) rescans them once per span;
-//! with its CTEs of spans and cut points inlined, PostgreSQL would evaluate
-//! their expressions again in every index condition of every rescan, so it
-//! asks for them [`Cte::Once`] (a quarter less time, BENCHMARKS.md). The
-//! statements joining pieces as sets leave them [`Cte::Inline`]: their
+//! in lateral subqueries (the 24-hour answer; the fleet view's meter spans)
+//! rescans them once per span; with its CTEs of spans and cut points
+//! inlined, PostgreSQL would evaluate their expressions again in every index
+//! condition of every rescan, so it asks for them [`Cte::Once`] (a quarter
+//! less time for the answer, about 1.5× for the fleet view, BENCHMARKS.md).
+//! The statements joining pieces as sets leave them [`Cte::Inline`]: their
 //! plans rest on the planner's estimates through the CTEs.
 //!
 //! **Which meter counts.** An assignment of vehicle V to meter M at `start`
