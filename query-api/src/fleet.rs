@@ -39,6 +39,7 @@ pub fn sql(sources: &Sources) -> String {
         hourly: &sources.vehicle_hourly,
         cut: "window_cut",
         device: "true",
+        each_interval_by_key: false,
         raw_columns:
             "x.vehicle_id, 1::bigint AS n, x.kwh_delivered_dc AS dc, x.battery_temp AS temp",
         bucket_columns: "x.vehicle_id, x.readings, x.sum_dc, x.sum_battery_temp",

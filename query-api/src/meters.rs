@@ -23,6 +23,7 @@ pub fn sql(sources: &Sources) -> String {
         hourly: &sources.meter_hourly,
         cut: "window_cut",
         device: "x.meter_id = $1",
+        each_interval_by_key: false,
         raw_columns: "1::bigint AS n, x.kwh_consumed_ac AS sum_ac, x.kwh_consumed_ac AS min_ac, \
                       x.kwh_consumed_ac AS max_ac, x.voltage AS sum_voltage, x.voltage AS min_voltage, \
                       x.voltage AS max_voltage",

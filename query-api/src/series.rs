@@ -37,6 +37,7 @@ pub fn sql(sources: &Sources) -> String {
         hourly: &sources.vehicle_hourly,
         cut: "window_cut",
         device: "x.vehicle_id = $1",
+        each_interval_by_key: false,
         raw_columns: "x.recorded_at AS at, 1::bigint AS v_n, x.kwh_delivered_dc AS dc, \
                       x.battery_temp AS temp, 0::bigint AS m_n, 0::float8 AS ac",
         bucket_columns: "x.{end}, x.readings, x.sum_dc, x.sum_battery_temp, 0, 0",
@@ -48,6 +49,7 @@ pub fn sql(sources: &Sources) -> String {
         hourly: &sources.meter_hourly,
         cut: "meter_cut",
         device: "x.meter_id = c.meter_id",
+        each_interval_by_key: true,
         raw_columns: "x.recorded_at, 0, 0, 0, 1, x.kwh_consumed_ac",
         bucket_columns: "x.{end}, 0, 0, 0, x.readings, x.sum_ac",
     }

@@ -329,16 +329,28 @@ pub struct PieceRows<'a> {
     pub hourly: &'a str,
     pub cut: &'a str,
     pub device: &'a str,
+    /// Many intervals, each of one device (meter spans): each reads its
+    /// rows by key in a lateral subquery fenced by `OFFSET 0`, whatever the
+    /// statistics say (before a partition's first ANALYZE a hash join over
+    /// sequential scans can look cheaper to PostgreSQL). Otherwise the
+    /// intervals are joined with the rows as sets (one window, read by
+    /// time across devices in the fleet view).
+    pub each_interval_by_key: bool,
     pub raw_columns: &'a str,
     pub bucket_columns: &'a str,
 }
 
 impl PieceRows<'_> {
     pub fn union_all(&self) -> String {
+        let (join, on, close) = if self.each_interval_by_key {
+            ("CROSS JOIN LATERAL (SELECT * FROM", "WHERE", " OFFSET 0) x")
+        } else {
+            ("JOIN", "ON", "")
+        };
         let raw_piece = |lo: &str, hi: &str| {
             format!(
-                "SELECT {columns} FROM {cut} c JOIN {raw} x
-      ON {device} AND x.recorded_at > c.{lo} AND x.recorded_at <= c.{hi}",
+                "SELECT {columns} FROM {cut} c {join} {raw} x
+      {on} {device} AND x.recorded_at > c.{lo} AND x.recorded_at <= c.{hi}{close}",
                 columns = self.raw_columns,
                 cut = self.cut,
                 raw = self.raw,
@@ -347,8 +359,8 @@ impl PieceRows<'_> {
         };
         let bucket_piece = |table: &str, end: &str, lo: &str, hi: &str| {
             format!(
-                "SELECT {columns} FROM {cut} c JOIN {table} x
-      ON {device} AND x.{end} > c.{lo} AND x.{end} <= c.{hi}",
+                "SELECT {columns} FROM {cut} c {join} {table} x
+      {on} {device} AND x.{end} > c.{lo} AND x.{end} <= c.{hi}{close}",
                 columns = self.bucket_columns.replace("{end}", end),
                 cut = self.cut,
                 device = self.device,
