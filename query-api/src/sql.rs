@@ -29,7 +29,10 @@
 //! condition of every rescan, so it asks for them [`Cte::Once`] (a quarter
 //! less time for the answer, about 1.5× for the fleet view, BENCHMARKS.md).
 //! The statements joining pieces as sets leave them [`Cte::Inline`]: their
-//! plans rest on the planner's estimates through the CTEs.
+//! plans rest on the planner's estimates through the CTEs. (The series reads
+//! its meter spans in fenced laterals, [`PieceRows::each_interval_by_key`],
+//! for plans that do not wait on statistics; its CTEs stay inline, as they
+//! were measured.)
 //!
 //! **Which meter counts.** An assignment of vehicle V to meter M at `start`
 //! holds until V's next assignment event, or until M is assigned to another
@@ -265,17 +268,17 @@ pub struct Pieces<'a> {
 }
 
 impl Pieces<'_> {
-    /// The five lateral subqueries. The two raw ones also give `first_at`,
-    /// their earliest reading's time.
+    /// The five lateral subqueries. The raw head also gives `first_at`, its
+    /// earliest reading's time.
     pub fn laterals(&self) -> String {
-        let raw = |lo: &str, hi: &str| {
+        let raw = |lo: &str, hi: &str, first_at: &str| {
             let sums: Vec<String> = self
                 .sums
                 .iter()
                 .map(|(name, expression, _)| format!("coalesce(sum({expression}), 0) AS {name}"))
                 .collect();
             format!(
-                "SELECT count(*) AS n, {sums}, min(x.recorded_at) AS first_at FROM {table} x
+                "SELECT count(*) AS n, {sums}{first_at} FROM {table} x
         WHERE {device} AND x.recorded_at > {cut}.{lo} AND x.recorded_at <= {cut}.{hi}",
                 sums = sums.join(", "),
                 table = self.raw,
@@ -298,11 +301,14 @@ impl Pieces<'_> {
             )
         };
         [
-            ("head", raw("lo", "head_hi")),
+            (
+                "head",
+                raw("lo", "head_hi", ", min(x.recorded_at) AS first_at"),
+            ),
             ("head5", buckets(self.five, "bucket_end", "head_hi", "a")),
             ("hours", buckets(self.hourly, "hour_end", "a", "b")),
             ("tail5", buckets(self.five, "bucket_end", "b", "tail_lo")),
-            ("tail", raw("tail_lo", "hi")),
+            ("tail", raw("tail_lo", "hi", "")),
         ]
         .into_iter()
         .map(|(alias, subquery)| format!("\n    CROSS JOIN LATERAL ({subquery}) {alias}"))
