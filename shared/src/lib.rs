@@ -9,11 +9,14 @@
 //! - [`json`]: strict JSON for untrusted input (duplicate keys refused);
 //! - [`ocpp`]: OCPP 1.6J and 2.0.1 meter values as METER readings;
 //! - [`register`]: interval energy from cumulative registers (resets,
-//!   jitter, implausible jumps), the one statement of the rule.
+//!   jitter, implausible jumps), the one statement of the rule;
+//! - [`analytics_sql`]: the analytics' SQL text (cutting intervals, which
+//!   meter counts), shared by query-api and the worker's figures.
 //!
 //! Invariant: no async runtime, no web, database or Kafka stack
 //! (`test-support/tests/layering.rs` checks it with `cargo tree`).
 
+pub mod analytics_sql;
 pub mod domain;
 pub mod json;
 pub mod ocpp;
