@@ -21,8 +21,22 @@ pub fn hundredths(value: f64) -> f64 {
     round_to(value, 100.0)
 }
 
+/// `value` to the nearest `1 / scale`, halves away from zero, as if the
+/// sum had been exact. A float8 sum carries noise in its last bits that
+/// depends on the order it was added in (rollups, raw readings, per-vehicle
+/// figures): a total of exactly 111.3805 kWh comes out as 111.38049999…
+/// one way and 111.3805000…1 another. Snapped first to a millionth of the
+/// unit it is rounded to (far above that noise, far below anything a
+/// reading carries), it rounds the same whichever way it was added.
 fn round_to(value: f64, scale: f64) -> f64 {
-    (value * scale).round() / scale
+    let units = value * scale;
+    // Beyond 2^53 / 10^6 units a millionth is below float8's resolution.
+    let snapped = if units.abs() < 1e9 {
+        (units * 1e6).round() / 1e6
+    } else {
+        units
+    };
+    snapped.round() / scale
 }
 
 /// DC against AC over some interval: the figures every analytics answer
@@ -130,6 +144,20 @@ mod tests {
         assert_eq!(charging.efficiency, Some(77.87));
         assert_eq!(kwh(0.0004999), 0.0);
         assert_eq!(kwh(2.0005), 2.001);
+    }
+
+    #[test]
+    fn a_sum_on_a_half_rounds_the_same_whichever_order_it_was_added_in() {
+        // The same exact total, 111.3805 kWh, as two summation orders
+        // leave it: one ulp either side.
+        let below = 111.3805_f64.next_down();
+        let above = 111.3805_f64.next_up();
+        assert_eq!(kwh(below), 111.381);
+        assert_eq!(kwh(above), 111.381);
+        assert_eq!(kwh(-below), -111.381);
+        assert_eq!(hundredths(29.125_f64.next_down()), 29.13);
+        // Real differences stay: a hundredth of a Wh is not noise.
+        assert_eq!(kwh(111.38049), 111.38);
     }
 
     #[test]
