@@ -30,6 +30,7 @@
 pub mod batch;
 pub mod copy;
 pub mod dead_letter;
+pub mod figures;
 pub mod health;
 pub mod partitions;
 pub mod pipeline;
@@ -179,6 +180,15 @@ pub async fn run_with_clock(
         Duration::from_secs(args.partition_upkeep_interval_secs.max(1)),
         token.clone(),
     ));
+    if args.figures_keep_hours > 0 {
+        tokio::spawn(keep_figures(
+            pool.clone(),
+            clock.clone(),
+            chrono::TimeDelta::hours(i64::from(args.figures_keep_hours)),
+            Duration::from_millis(args.figures_interval_ms.max(1)),
+            token.clone(),
+        ));
+    }
     let health_server = tokio::spawn(health::serve(
         health_listener,
         health.clone(),
@@ -277,6 +287,36 @@ async fn keep_partitions(
                 let yesterday = today - chrono::Days::new(1);
                 if let Err(error) = partitions.analyze_days(&pool, yesterday, today).await {
                     tracing::warn!(error = %format!("{error:#}"), "refreshing statistics failed; will try again");
+                }
+            }
+        }
+    }
+}
+
+/// The per-vehicle figures, every `interval`: passes until they are
+/// current (or another worker runs them); a failed pass is tried again at
+/// the next round.
+async fn keep_figures(
+    pool: sqlx::PgPool,
+    clock: Clock,
+    keep: chrono::TimeDelta,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        while !shutdown.is_cancelled() {
+            match figures::pass(&pool, clock(), keep).await {
+                Ok(figures::Pass::Done { current: false, .. }) => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "computing the per-vehicle figures failed; will try again");
+                    break;
                 }
             }
         }

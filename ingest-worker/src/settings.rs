@@ -97,6 +97,17 @@ pub struct WorkerArgs {
     #[arg(long, env = "PARTITION_LOCK_TIMEOUT_MS", default_value_t = 1_000)]
     pub partition_lock_timeout_ms: u64,
 
+    /// Hours of closed five-minute buckets kept as per-vehicle figures
+    /// (the summarised range query-api reads a window's middle from); 0
+    /// computes none
+    #[arg(long, env = "FIGURES_KEEP_HOURS", default_value_t = 26)]
+    pub figures_keep_hours: u32,
+
+    /// Milliseconds between passes over the per-vehicle figures (each adds
+    /// the buckets that closed and recomputes the marked ones)
+    #[arg(long, env = "FIGURES_INTERVAL_MS", default_value_t = 5_000)]
+    pub figures_interval_ms: u64,
+
     /// Seconds between partition upkeeps (create days ahead, drop expired
     /// ones, retry what was deferred)
     #[arg(long, env = "PARTITION_UPKEEP_INTERVAL_SECS", default_value_t = 600)]

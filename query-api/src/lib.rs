@@ -29,6 +29,7 @@ pub mod charging;
 pub mod dashboard;
 pub mod devices;
 pub mod error;
+pub mod figures;
 pub mod fleet;
 pub mod meters;
 pub mod openapi;

@@ -4,6 +4,8 @@
 //! Each test binary uses part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod changing_fleet;
+
 use clap::Parser;
 use query_api::QueryArgs;
 use serde_json::Value;
