@@ -89,6 +89,37 @@ async fn read_range(conn: &mut PgConnection, name: &str) -> Result<Option<Range>
         .map(|(after, through)| Range { after, through }))
 }
 
+/// Buckets written in one catch-up past which the figures' table is
+/// vacuumed at once: the answers read it by index-only scans, which need
+/// its pages marked all-visible, and autovacuum may come minutes later.
+const VACUUM_AFTER_BUCKETS: u64 = 100_000;
+
+/// Passes at `now` until the figures are current (or another worker's pass
+/// holds the lock); returns the buckets written. After a large catch-up
+/// (the first fill, a backlog) the table is vacuumed and analysed.
+pub async fn catch_up(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    keep: TimeDelta,
+) -> Result<u64, sqlx::Error> {
+    let mut written = 0;
+    while let Pass::Done {
+        buckets, current, ..
+    } = pass(pool, now, keep).await?
+    {
+        written += buckets;
+        if current {
+            break;
+        }
+    }
+    if written >= VACUUM_AFTER_BUCKETS {
+        sqlx::query("VACUUM (ANALYZE) vehicle_figures")
+            .execute(pool)
+            .await?;
+    }
+    Ok(written)
+}
+
 /// One pass at `now` (see the module's doc), keeping `keep` of buckets.
 #[tracing::instrument(skip_all, fields(now = %now))]
 pub async fn pass(pool: &PgPool, now: DateTime<Utc>, keep: TimeDelta) -> Result<Pass, sqlx::Error> {

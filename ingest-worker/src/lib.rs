@@ -295,7 +295,7 @@ async fn keep_partitions(
 
 /// The per-vehicle figures, every `interval`: passes until they are
 /// current (or another worker runs them); a failed pass is tried again at
-/// the next round.
+/// the next round. Cancelled mid-pass, a pass's transaction rolls back.
 async fn keep_figures(
     pool: sqlx::PgPool,
     clock: Clock,
@@ -310,14 +310,15 @@ async fn keep_figures(
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        while !shutdown.is_cancelled() {
-            match figures::pass(&pool, clock(), keep).await {
-                Ok(figures::Pass::Done { current: false, .. }) => continue,
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "computing the per-vehicle figures failed; will try again");
-                    break;
-                }
+        let caught_up = tokio::select! {
+            () = shutdown.cancelled() => return,
+            caught_up = figures::catch_up(&pool, clock(), keep) => caught_up,
+        };
+        match caught_up {
+            Ok(0) => {}
+            Ok(buckets) => tracing::debug!(buckets, "per-vehicle figures computed"),
+            Err(error) => {
+                tracing::warn!(%error, "computing the per-vehicle figures failed; will try again");
             }
         }
     }
