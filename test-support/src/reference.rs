@@ -407,7 +407,7 @@ fn replay(sent: impl Iterator<Item = Sent>) -> Vec<Stored> {
 /// whose exact value is `exact`.
 pub fn answers_hundredths(answered: f64, exact: f64) -> bool {
     answered == crate::oracle::answered_hundredths(answered)
-        && (answered - exact).abs() <= 0.005 * (1.0 + 1e-9)
+        && (answered - exact).abs() <= 0.005 + 1e-9 * (1.0 + exact.abs())
 }
 
 /// Checks a performance answer's figures (not its meters) against what the
