@@ -211,18 +211,7 @@ async fn from_figures(
     vehicle: &DeviceId,
     window: Window,
 ) -> Result<Option<PerformanceRow>, sqlx::Error> {
-    let answer: FromFigures = crate::sql::with_named_partitions(window, |sources| {
-        let statement = crate::figures::sql(sources);
-        async move {
-            sqlx::query_as(&statement)
-                .bind(vehicle.as_str())
-                .bind(window.from)
-                .bind(window.to)
-                .fetch_one(pool)
-                .await
-        }
-    })
-    .await?;
+    let answer: FromFigures = one_row(pool, vehicle, window, crate::figures::sql).await?;
     if !answer.usable {
         return Ok(None);
     }
@@ -309,8 +298,23 @@ pub async fn vehicle_performance(
         return Ok(row.into_answer(vehicle, window));
     }
     metrics::counter!("energy_query_answers_total", "outcome" => "computed").increment(1);
-    let row: PerformanceRow = crate::sql::with_named_partitions(window, |sources| {
-        let statement = sql(sources);
+    let row: PerformanceRow = one_row(pool, vehicle, window, sql).await?;
+    Ok(row.into_answer(vehicle, window))
+}
+
+/// The row of the statement `build` makes for the window's sources, with
+/// `$1` vehicle and `$2`/`$3` the window.
+async fn one_row<T>(
+    pool: &PgPool,
+    vehicle: &DeviceId,
+    window: Window,
+    build: fn(&Sources) -> String,
+) -> Result<T, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    crate::sql::with_named_partitions(window, |sources| {
+        let statement = build(sources);
         async move {
             sqlx::query_as(&statement)
                 .bind(vehicle.as_str())
@@ -320,8 +324,7 @@ pub async fn vehicle_performance(
                 .await
         }
     })
-    .await?;
-    Ok(row.into_answer(vehicle, window))
+    .await
 }
 
 #[utoipa::path(

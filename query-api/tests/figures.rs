@@ -19,7 +19,7 @@ use test_support::postgres::fresh_database;
 use test_support::readings::assignment;
 use test_support::reference::Model;
 
-use common::changing_fleet::{answers_counted, ask, changes, reading, store, VEHICLES};
+use common::changing_fleet::{answers_counted, ask, changes, hundred_minutes, store, VEHICLES};
 use common::Api;
 
 /// Passes at `now` until the figures are current.
@@ -69,20 +69,8 @@ async fn answers_from_figures_equal_an_in_order_replay_while_the_data_changes() 
             origin + TimeDelta::seconds(47 * 60 + 150),
         ),
     ];
-    let mut held_back = Vec::new();
-    for minute in 0..100 {
-        let at = origin + TimeDelta::minutes(minute);
-        for is_vehicle in [true, false] {
-            for index in 0..3 {
-                let message = reading(&mut rng, is_vehicle, index, at, origin);
-                if rng.u8(0..10) == 0 {
-                    held_back.push(message);
-                } else {
-                    sent.push(message);
-                }
-            }
-        }
-    }
+    let (minutes, mut held_back) = hundred_minutes(&mut rng, origin);
+    sent.extend(minutes);
     store(&db.pool, &sent).await;
     summarise(&db.pool, now).await;
 

@@ -50,6 +50,26 @@ pub async fn answers_counted(api: &Api, outcome: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// Every device's reading of each minute of the first 100 after `origin`,
+/// about one in ten held back (returned apart) to be sent late.
+pub fn hundred_minutes(rng: &mut fastrand::Rng, origin: DateTime<Utc>) -> (Vec<Value>, Vec<Value>) {
+    let (mut sent, mut held_back) = (Vec::new(), Vec::new());
+    for minute in 0..100 {
+        let at = origin + TimeDelta::minutes(minute);
+        for is_vehicle in [true, false] {
+            for index in 0..3 {
+                let message = reading(rng, is_vehicle, index, at, origin);
+                if rng.u8(0..10) == 0 {
+                    held_back.push(message);
+                } else {
+                    sent.push(message);
+                }
+            }
+        }
+    }
+    (sent, held_back)
+}
+
 /// One round's changes (`round` picks which): the next of the readings
 /// held back, sent late, and one of: new readings at `end`, one stamped
 /// ahead of it; a late assignment moving EV-1; a meter taken by another
