@@ -61,10 +61,20 @@ fn pool_with(
     application_name: &str,
     acquire_timeout: Duration,
 ) -> PgPool {
-    let options = options.application_name(application_name).options([(
-        "statement_timeout",
-        format!("{}ms", args.db_statement_timeout_ms),
-    )]);
+    let options = options.application_name(application_name).options([
+        (
+            "statement_timeout",
+            format!("{}ms", args.db_statement_timeout_ms),
+        ),
+        // PostgreSQL compiles a statement to machine code (JIT) once the
+        // planner's cost estimate passes `jit_above_cost`, and estimates on
+        // tables it has no statistics of yet pass it easily: compiling the
+        // per-vehicle figures' pass took about 3 s, every pass, for a
+        // statement that then ran in 2 ms (BENCHMARKS.md). These statements
+        // are index probes and set joins over modest row counts, never the
+        // long expression-heavy scans JIT pays off for.
+        ("jit", "off".to_owned()),
+    ]);
     PgPoolOptions::new()
         .max_connections(args.db_max_connections)
         .acquire_timeout(acquire_timeout)
