@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use self::dead_letter::DeadLetterProducer;
 use self::health::Health;
 use self::partitions::Partitions;
-use self::pipeline::Sink;
+use self::pipeline::{Backlog, Sink};
 use self::rebalance::WorkerContext;
 pub use self::settings::WorkerArgs;
 
@@ -102,6 +102,16 @@ fn describe_metrics() {
             Gauge,
             "energy_worker_consumer_lag_messages",
             "Messages behind the partition's end, by partition (librdkafka statistics)",
+        ),
+        (
+            Counter,
+            "energy_worker_figure_rounds_total",
+            "Rounds of the per-vehicle figures' upkeep, by outcome: done (current, or another worker's pass holds the lock), deferred (the consumer is behind), failed",
+        ),
+        (
+            Counter,
+            "energy_worker_figure_buckets_total",
+            "Vehicle buckets of the per-vehicle figures computed (new and marked ones)",
         ),
         (
             Gauge,
@@ -180,12 +190,14 @@ pub async fn run_with_clock(
         Duration::from_secs(args.partition_upkeep_interval_secs.max(1)),
         token.clone(),
     ));
+    let backlog = Arc::new(Backlog::new(&args.batch_limits()));
     if args.figures_keep_hours > 0 {
         tokio::spawn(keep_figures(
             pool.clone(),
             clock.clone(),
             chrono::TimeDelta::hours(i64::from(args.figures_keep_hours)),
             Duration::from_millis(args.figures_interval_ms.max(1)),
+            backlog.clone(),
             token.clone(),
         ));
     }
@@ -213,6 +225,7 @@ pub async fn run_with_clock(
         shutdown: token.clone(),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         write_concurrency: args.batch_write_concurrency.max(1),
+        backlog,
     };
     tracing::info!(
         topic = %args.kafka.kafka_topic,
@@ -293,34 +306,62 @@ async fn keep_partitions(
     }
 }
 
+/// Longest the per-vehicle figures wait for a worker that stays behind:
+/// answers stay exact meanwhile (they read what is not summarised from the
+/// rollups), only slower, so draining comes first, but not forever.
+const FIGURES_MOST_DEFERRED: Duration = Duration::from_secs(300);
+
 /// The per-vehicle figures, every `interval`: passes until they are
 /// current (or another worker runs them); a failed pass is tried again at
 /// the next round. Cancelled mid-pass, a pass's transaction rolls back.
+///
+/// While the consumer is behind (a backlog after an outage), passes wait,
+/// up to [`FIGURES_MOST_DEFERRED`]: the backlog's readings land in the
+/// buckets a pass would summarise, so each batch would mark them and each
+/// pass compute them again, on the cores the drain needs (measured in
+/// BENCHMARKS.md, "Worker drain").
 async fn keep_figures(
     pool: sqlx::PgPool,
     clock: Clock,
     keep: chrono::TimeDelta,
     interval: Duration,
+    backlog: Arc<Backlog>,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_pass: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
+        let waited_enough = last_pass.is_none_or(|at| at.elapsed() >= FIGURES_MOST_DEFERRED);
+        if backlog.is_behind() && !waited_enough {
+            tracing::debug!("per-vehicle figures deferred: the consumer is behind");
+            metrics::counter!("energy_worker_figure_rounds_total", "outcome" => "deferred")
+                .increment(1);
+            continue;
+        }
+        last_pass = Some(std::time::Instant::now());
         let caught_up = tokio::select! {
             () = shutdown.cancelled() => return,
             caught_up = figures::catch_up(&pool, clock(), keep) => caught_up,
         };
-        match caught_up {
-            Ok(0) => {}
-            Ok(buckets) => tracing::debug!(buckets, "per-vehicle figures computed"),
+        let outcome = match caught_up {
+            Ok(buckets) => {
+                if buckets > 0 {
+                    tracing::debug!(buckets, "per-vehicle figures computed");
+                }
+                metrics::counter!("energy_worker_figure_buckets_total").increment(buckets);
+                "done"
+            }
             Err(error) => {
                 tracing::warn!(%error, "computing the per-vehicle figures failed; will try again");
+                "failed"
             }
-        }
+        };
+        metrics::counter!("energy_worker_figure_rounds_total", "outcome" => outcome).increment(1);
     }
 }
 

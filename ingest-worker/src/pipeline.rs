@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -46,6 +46,66 @@ impl BatchLimits {
     }
 }
 
+/// Whether the consume loop is behind its partitions' ends, as its batches
+/// tell: a batch flushed because it was full left messages waiting; one
+/// flushed by its timer had taken all there was, and so had a loop that
+/// starts no flush for a while after one ended (a backlog ending on a full
+/// batch). Background work that competes with the drain for the database
+/// (the per-vehicle figures) waits while the worker is behind.
+#[derive(Debug)]
+pub struct Backlog {
+    /// A loop still behind starts its next flush within this of the last
+    /// one's end (the next batch fills, or its timer fires, meanwhile).
+    idle_after: Duration,
+    state: Mutex<BacklogState>,
+}
+
+#[derive(Debug, Default)]
+struct BacklogState {
+    /// The last flush was of a full batch.
+    full: bool,
+    flushing: bool,
+    last_flush_ended: Option<std::time::Instant>,
+}
+
+impl Backlog {
+    /// For a loop flushing by `limits`.
+    pub fn new(limits: &BatchLimits) -> Self {
+        Self {
+            idle_after: limits.max_wait * 2 + Duration::from_millis(100),
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BacklogState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record_flush_started(&self, full: bool) {
+        let mut state = self.state();
+        state.full = full;
+        state.flushing = true;
+    }
+
+    fn record_flush_ended(&self) {
+        let mut state = self.state();
+        state.flushing = false;
+        state.last_flush_ended = Some(std::time::Instant::now());
+    }
+
+    /// Whether messages are waiting for the loop.
+    pub fn is_behind(&self) -> bool {
+        let state = self.state();
+        state.full
+            && (state.flushing
+                || state
+                    .last_flush_ended
+                    .is_some_and(|ended| ended.elapsed() < self.idle_after))
+    }
+}
+
 /// Everything the loop reads from and writes to.
 pub struct Sink {
     pub pool: PgPool,
@@ -64,6 +124,8 @@ pub struct Sink {
     /// Concurrent transactions a batch is written with, each holding the
     /// messages of a disjoint group of partitions.
     pub write_concurrency: usize,
+    /// Where the loop tells whether it is behind.
+    pub backlog: Arc<Backlog>,
 }
 
 /// What retrying needs: when to give up, and where to report failures.
@@ -136,6 +198,7 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
     loop {
         let due = limits.is_full(&batch) || flush_at.is_some_and(|at| at <= Instant::now());
         if in_flight.is_none() && due && !batch.is_empty() {
+            sink.backlog.record_flush_started(limits.is_full(&batch));
             in_flight = Some(Box::pin(flush(sink, std::mem::take(&mut batch))));
             flush_at = None;
         }
@@ -158,6 +221,7 @@ pub async fn consume(sink: &Sink, limits: BatchLimits) -> anyhow::Result<()> {
             () = sink.shutdown.cancelled() => break,
             flushed = flushing => {
                 in_flight = None;
+                sink.backlog.record_flush_ended();
                 flushed?;
             }
             () = flush_due => {}

@@ -541,6 +541,72 @@ async fn a_batch_that_waits_across_midnight_dead_letters_what_aged_out() {
     worker.stop().await;
 }
 
+/// A backlog's readings land in the buckets the per-vehicle figures
+/// summarise: while the worker drains one, the figures' rounds wait (each
+/// batch would mark buckets that every pass computes again, on the cores the
+/// drain needs), and once it has caught up, even on a last batch that was
+/// full, the figures hold every reading and no mark is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_figures_wait_while_a_backlog_drains_then_hold_every_reading() {
+    let kafka = MockKafka::start(&[(TOPIC, 1), (DLQ, 1)]);
+    let db = fresh_database().await;
+    let t0 = base_time();
+    // 40 full batches of 200: the drain ends on a full batch.
+    let backlog: Vec<_> = (0..80)
+        .flat_map(|minute| {
+            (0..100).map(move |v| {
+                message(&vehicle(
+                    &format!("V-{v}"),
+                    t0 - TimeDelta::minutes(minute),
+                    50.0,
+                    1.0,
+                    20.0,
+                ))
+            })
+        })
+        .collect();
+    produce_all(&producer(&kafka.bootstrap()), TOPIC, &backlog).await;
+    let worker = Worker::start(worker_args(
+        &kafka,
+        &db,
+        &[
+            "--batch-max-readings=200",
+            "--batch-max-wait-ms=3000",
+            "--figures-interval-ms=100",
+            "--figures-keep-hours=3",
+        ],
+    ))
+    .await;
+    eventually("the backlog stored", Duration::from_secs(60), || async {
+        (rows(&db, "vehicle_readings").await == 8_000).then_some(())
+    })
+    .await;
+    eventually(
+        "every reading in the figures, no mark left",
+        Duration::from_secs(60),
+        || async {
+            let summarised = db
+                .count("SELECT coalesce(sum(vehicle_readings), 0)::bigint FROM vehicle_figures WHERE minutes = 5")
+                .await;
+            let marks = rows(&db, "figure_marks").await;
+            (summarised == 8_000 && marks == 0).then_some(())
+        },
+    )
+    .await;
+    let metrics = test_support::http::scrape(&worker.service.url).await;
+    let rounds = |outcome| {
+        test_support::http::sample(
+            &metrics,
+            "energy_worker_figure_rounds_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(rounds("deferred") > 0.0, "no round waited:\n{metrics}");
+    assert!(rounds("done") > 0.0, "no round ran:\n{metrics}");
+    worker.stop().await;
+}
+
 /// The services' sessions never compile statements to machine code
 /// (`service_kit::db`): with PostgreSQL's JIT on, each per-vehicle figures
 /// pass spent about 3 s compiling a statement that then ran in 2 ms.
