@@ -15,7 +15,51 @@
 //! so (`usable` false) and the pieces statement ([`crate::performance`])
 //! answers.
 
-use crate::sql::{spans_cte, Cte, Sources};
+use crate::sql::{
+    meter_cut_in, meter_pieces_cte, spans_cte, window_cut_in, Cte, PieceRows, Sources,
+};
+
+/// `grid(a5, m, a60, b60)`: the middle `(a5, m]` of a window ending at `to`
+/// read from a preceding `bounds(a5, m)`, and its whole hours `(a60, b60]`
+/// (`a60 = b60 = m` when it holds none). Empty when the figures cannot
+/// answer: no bucket in the middle, a tail of more than an hour (figures
+/// behind), or `condition` (over `g`) false.
+fn grid_cte(to: &str, condition: &str) -> String {
+    format!(
+        "grid AS MATERIALIZED (
+    SELECT g.a5, g.m,
+           CASE WHEN h.a60 < h.b60 THEN h.a60 ELSE g.m END AS a60,
+           CASE WHEN h.a60 < h.b60 THEN h.b60 ELSE g.m END AS b60
+    FROM bounds g
+    CROSS JOIN LATERAL (
+        SELECT energy_bucket_end(g.a5, interval '1 hour') AS a60,
+               energy_bucket_start(g.m, interval '1 hour') AS b60
+    ) h
+    WHERE g.a5 < g.m AND {to} - g.m <= interval '1 hour' AND {condition}
+)"
+    )
+}
+
+/// The figures of `vehicle` (an SQL expression) over the middle of grid
+/// `g`: buckets up to the first whole hour, the whole hours, buckets after
+/// them; `buckets` counts five-minute buckets (12 for an hour).
+fn held_rows(vehicle: &str) -> String {
+    let range = |buckets: u32, minutes: u32, lo: &str, hi: &str| {
+        format!(
+            "SELECT {buckets} AS buckets, f.vehicle_readings, f.sum_dc, f.sum_battery_temp,
+               f.meter_readings, f.sum_ac, f.meter_ids
+        FROM vehicle_figures f
+        WHERE f.vehicle_id = {vehicle} AND f.minutes = {minutes}
+          AND f.bucket_end > g.{lo} AND f.bucket_end <= g.{hi}"
+        )
+    };
+    [
+        range(1, 5, "a5", "a60"),
+        range(12, 60, "a60", "b60"),
+        range(1, 5, "b60", "m"),
+    ]
+    .join("\n        UNION ALL\n        ")
+}
 
 /// The figures statement (see the module's doc); `$1` vehicle, `$2`/`$3`
 /// window. Columns: `usable`, then those of the pieces statement. It
@@ -33,33 +77,10 @@ bounds AS MATERIALIZED (
              WHERE f.vehicle_id = $1 AND f.minutes = 5
                AND f.bucket_end <= energy_bucket_start($3, interval '5 minutes')) AS m
 ),
-grid AS MATERIALIZED (
-    SELECT g.a5, g.m,
-           CASE WHEN h.a60 < h.b60 THEN h.a60 ELSE g.m END AS a60,
-           CASE WHEN h.a60 < h.b60 THEN h.b60 ELSE g.m END AS b60
-    FROM bounds g
-    CROSS JOIN LATERAL (
-        SELECT energy_bucket_end(g.a5, interval '1 hour') AS a60,
-               energy_bucket_start(g.m, interval '1 hour') AS b60
-    ) h
-    WHERE g.a5 < g.m AND $3 - g.m <= interval '1 hour'
-),
+{grid},
 held AS MATERIALIZED (
     SELECT r.* FROM grid g CROSS JOIN LATERAL (
-        SELECT 1 AS buckets, f.vehicle_readings, f.sum_dc, f.sum_battery_temp,
-               f.meter_readings, f.sum_ac, f.meter_ids
-        FROM vehicle_figures f
-        WHERE f.vehicle_id = $1 AND f.minutes = 5 AND f.bucket_end > g.a5 AND f.bucket_end <= g.a60
-        UNION ALL
-        SELECT 12, f.vehicle_readings, f.sum_dc, f.sum_battery_temp,
-               f.meter_readings, f.sum_ac, f.meter_ids
-        FROM vehicle_figures f
-        WHERE f.vehicle_id = $1 AND f.minutes = 60 AND f.bucket_end > g.a60 AND f.bucket_end <= g.b60
-        UNION ALL
-        SELECT 1, f.vehicle_readings, f.sum_dc, f.sum_battery_temp,
-               f.meter_readings, f.sum_ac, f.meter_ids
-        FROM vehicle_figures f
-        WHERE f.vehicle_id = $1 AND f.minutes = 5 AND f.bucket_end > g.b60 AND f.bucket_end <= g.m
+        {held}
     ) r
 ),
 middle AS MATERIALIZED (
@@ -119,7 +140,117 @@ SELECT EXISTS (SELECT FROM middle) AS usable,
              ) counted ORDER BY meter_id COLLATE \"C\") AS meter_ids
 FROM vehicle_edges v LEFT JOIN middle mid ON true",
         spans = spans_cte("$2", "$3", Cte::Once),
+        grid = grid_cte("$3", "true"),
+        held = held_rows("$1"),
         meter_raw = sources.meter_raw,
         vehicle_raw = sources.vehicle_raw,
+    )
+}
+
+/// The fleet view's statement over the figures; `$1`/`$2` the window.
+/// Rows `(vehicle_id, usable, …the fleet's columns)`: every vehicle whose
+/// middle the figures hold, unmarked, and that reported in the window,
+/// `usable`; every other vehicle that may have reported in it, not
+/// `usable`, for the pieces to answer ([`crate::fleet`]); and one row with
+/// no vehicle when the figures cannot answer the window at all.
+///
+/// The middle `(a5, m]` is the same for every vehicle (`m` the summarised
+/// range's end: the worker writes every vehicle's buckets together); the
+/// bucket count per vehicle still checks it. A vehicle is stale when a mark
+/// covers it in the middle, or covers a meter its figures there counted
+/// from (the worker finds the figures a meter's mark touches the same
+/// way). The two raw edges are read for all vehicles by time, and the
+/// meters' edges through the usable vehicles' spans.
+pub fn fleet_sql(sources: &Sources) -> String {
+    let edges = "SELECT $1::timestamptz AS lo, g.a5 AS hi FROM grid g
+        UNION ALL
+        SELECT g.m, $2::timestamptz FROM grid g";
+    let vehicle_rows = PieceRows {
+        raw: &sources.vehicle_raw,
+        five: &sources.vehicle_5min,
+        hourly: &sources.vehicle_hourly,
+        cut: "window_cut",
+        device: "true",
+        each_interval_by_key: false,
+        raw_columns:
+            "x.vehicle_id, 1::bigint AS n, x.kwh_delivered_dc AS dc, x.battery_temp AS temp",
+        bucket_columns: "x.vehicle_id, x.readings, x.sum_dc, x.sum_battery_temp",
+    }
+    .union_all();
+    format!(
+        "WITH bounds AS MATERIALIZED (
+    SELECT energy_bucket_end($1, interval '5 minutes') AS a5,
+           LEAST(r.through, energy_bucket_start($2, interval '5 minutes')) AS m, r.after
+    FROM figure_ranges r WHERE r.name = 'summarised'
+),
+{grid},
+held AS MATERIALIZED (
+    SELECT v.vehicle_id, h.buckets, h.n, h.dc, h.temp, h.meter_n, h.ac
+    FROM grid g CROSS JOIN vehicles_current v CROSS JOIN LATERAL (
+        SELECT sum(buckets) AS buckets, sum(vehicle_readings)::bigint AS n, sum(sum_dc) AS dc,
+               sum(sum_battery_temp) AS temp, sum(meter_readings)::bigint AS meter_n,
+               sum(sum_ac) AS ac
+        FROM (
+        {held}
+        ) r
+    ) h
+),
+stale AS MATERIALIZED (
+    SELECT k.device_id AS vehicle_id
+    FROM grid g JOIN figure_marks k
+      ON k.device_kind = 'v' AND k.from_end <= g.m AND k.to_end > g.a5
+    UNION
+    SELECT f.vehicle_id
+    FROM grid g JOIN figure_marks k
+      ON k.device_kind = 'm' AND k.from_end <= g.m AND k.to_end > g.a5
+    JOIN vehicle_figures f
+      ON f.meters @> ARRAY[k.device_id] AND f.minutes = 5
+     AND f.bucket_end >= k.from_end AND f.bucket_end <= k.to_end
+     AND f.bucket_end > g.a5 AND f.bucket_end <= g.m
+),
+middle AS MATERIALIZED (
+    SELECT h.* FROM held h, grid g
+    WHERE h.buckets = (extract(epoch FROM g.m - g.a5) / 300)::bigint
+      AND NOT EXISTS (SELECT FROM stale s WHERE s.vehicle_id = h.vehicle_id)
+),
+{window_cut},
+vehicle_parts AS (
+    {vehicle_rows}
+),
+vehicle_edges AS (
+    SELECT vehicle_id, sum(n)::bigint AS n, sum(dc) AS dc, sum(temp) AS temp
+    FROM vehicle_parts GROUP BY vehicle_id
+),
+wanted AS (SELECT vehicle_id FROM middle),
+{spans},
+{meter_cut},
+{meter_pieces},
+meter_edges AS (
+    SELECT vehicle_id, sum(n)::bigint AS n, sum(ac) AS ac FROM meter_pieces GROUP BY vehicle_id
+),
+answered AS (
+    SELECT m.vehicle_id, m.n + coalesce(v.n, 0) AS n, m.dc + coalesce(v.dc, 0) AS dc,
+           m.temp + coalesce(v.temp, 0) AS temp, m.meter_n + coalesce(e.n, 0) AS meter_n,
+           m.ac + coalesce(e.ac, 0) AS ac
+    FROM middle m
+    LEFT JOIN vehicle_edges v USING (vehicle_id)
+    LEFT JOIN meter_edges e USING (vehicle_id)
+)
+SELECT vehicle_id, true AS usable, n AS vehicle_readings, dc AS sum_dc,
+       temp / n AS avg_battery_temp, meter_n AS meter_readings, ac AS sum_ac
+FROM answered WHERE n > 0
+UNION ALL
+SELECT o.vehicle_id, false, 0, 0, NULL, 0, 0
+FROM (SELECT vehicle_id FROM held UNION SELECT vehicle_id FROM vehicle_edges
+      UNION SELECT vehicle_id FROM stale) o
+WHERE NOT EXISTS (SELECT FROM middle m WHERE m.vehicle_id = o.vehicle_id)
+UNION ALL
+SELECT NULL, false, 0, 0, NULL, 0, 0 WHERE NOT EXISTS (SELECT FROM grid)",
+        grid = grid_cte("$2", "g.after <= g.a5"),
+        held = held_rows("v.vehicle_id"),
+        window_cut = window_cut_in(edges, "true", Cte::Inline),
+        spans = spans_cte("$1", "$2", Cte::Once),
+        meter_cut = meter_cut_in(edges, "true", Cte::Once),
+        meter_pieces = meter_pieces_cte(sources),
     )
 }

@@ -1,14 +1,19 @@
 //! `GET /v1/analytics/fleet`: every vehicle that reported in a window, with
 //! its efficiency and a health status, worst first, a page at a time.
 //!
-//! One set-based query computes every vehicle (time-range reads over all
-//! devices: rollups for whole hours, raw rows for the window's partial
-//! hours through BRIN indexes, then each vehicle's meter spans through the
-//! per-device indexes). Sorting, the status filter and the cursor are
-//! applied here, with the same efficiency rounding as the per-vehicle
-//! endpoint. Pages are recomputed per request: a cursor is a position in the
-//! ranking (efficiency, vehicle id), so new readings between two pages can
-//! move a vehicle across it.
+//! Where the worker's per-vehicle figures hold the window's middle, every
+//! vehicle they answer exactly is summed from them, with only the window's
+//! two edges read raw ([`crate::figures::fleet_sql`]); the vehicles they do
+//! not (marked stale, new since the last pass) are computed from the
+//! pieces by key, and every vehicle is when the figures do not hold the
+//! window. The pieces statement reads by time over all devices: rollups for
+//! whole hours, raw rows for the window's partial hours through BRIN
+//! indexes, then each vehicle's meter spans through the per-device indexes.
+//! Sorting, the status filter and the cursor are applied here, with the
+//! same efficiency rounding as the per-vehicle endpoint. Pages are
+//! recomputed per request: a cursor is a position in the ranking
+//! (efficiency, vehicle id), so new readings between two pages can move a
+//! vehicle across it.
 
 use std::cmp::Ordering;
 
@@ -18,10 +23,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::Serialize;
 use shared::wire::format_timestamp;
+use sqlx::PgPool;
 
 use crate::charging::{Charging, Health, Thresholds};
 use crate::error::ApiError;
-use crate::params::QueryParams;
+use crate::params::{QueryParams, Window};
 use crate::sql::{PieceRows, Sources};
 use crate::state::AppState;
 
@@ -33,12 +39,22 @@ pub const MAX_LIMIT: usize = 1_000;
 /// edges, B-trees on the bucket ends), then each reporting vehicle's meter
 /// spans by key.
 pub fn sql(sources: &Sources) -> String {
+    statement(sources, "true")
+}
+
+/// [`sql`] for the `$3` vehicles only (those the figures could not
+/// answer), read by key.
+pub fn listed_sql(sources: &Sources) -> String {
+    statement(sources, "x.vehicle_id = ANY($3)")
+}
+
+fn statement(sources: &Sources, vehicles: &str) -> String {
     let vehicle_rows = PieceRows {
         raw: &sources.vehicle_raw,
         five: &sources.vehicle_5min,
         hourly: &sources.vehicle_hourly,
         cut: "window_cut",
-        device: "true",
+        device: vehicles,
         each_interval_by_key: false,
         raw_columns:
             "x.vehicle_id, 1::bigint AS n, x.kwh_delivered_dc AS dc, x.battery_temp AS temp",
@@ -68,6 +84,72 @@ WHERE f.n > 0",
         meter_cut = crate::sql::meter_cut_cte("$1", "$2", "true", crate::sql::Cte::Once),
         meter_pieces = crate::sql::meter_pieces_cte(sources),
     )
+}
+
+/// A row of [`crate::figures::fleet_sql`].
+#[derive(sqlx::FromRow)]
+struct FiguresRow {
+    vehicle_id: Option<String>,
+    usable: bool,
+    vehicle_readings: i64,
+    sum_dc: f64,
+    avg_battery_temp: Option<f64>,
+    meter_readings: i64,
+    sum_ac: f64,
+}
+
+/// Every reporting vehicle's row: from the worker's figures where they
+/// answer exactly, the others from the pieces (all of them when the
+/// figures do not hold the window).
+async fn fleet_rows(
+    pool: &PgPool,
+    sources: &Sources,
+    window: Window,
+) -> Result<Vec<FleetRow>, sqlx::Error> {
+    let read: Vec<FiguresRow> = sqlx::query_as(&crate::figures::fleet_sql(sources))
+        .bind(window.from)
+        .bind(window.to)
+        .fetch_all(pool)
+        .await?;
+    let (mut answered, mut listed, mut unanswerable) = (Vec::new(), Vec::new(), false);
+    for row in read {
+        match (row.vehicle_id, row.usable) {
+            (None, _) => unanswerable = true,
+            (Some(vehicle_id), true) => answered.push(FleetRow {
+                vehicle_id,
+                vehicle_readings: row.vehicle_readings,
+                sum_dc: row.sum_dc,
+                avg_battery_temp: row.avg_battery_temp.unwrap_or_default(),
+                meter_readings: row.meter_readings,
+                sum_ac: row.sum_ac,
+            }),
+            (Some(vehicle_id), false) => listed.push(vehicle_id),
+        }
+    }
+    let computed: Vec<FleetRow> = if unanswerable {
+        sqlx::query_as(&sql(sources))
+            .bind(window.from)
+            .bind(window.to)
+            .fetch_all(pool)
+            .await?
+    } else if listed.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(&listed_sql(sources))
+            .bind(window.from)
+            .bind(window.to)
+            .bind(&listed)
+            .fetch_all(pool)
+            .await?
+    };
+    let counted = |source, rows: &[FleetRow]| {
+        metrics::counter!("energy_query_fleet_vehicles_total", "source" => source)
+            .increment(rows.len() as u64)
+    };
+    counted("figures", &answered);
+    counted("computed", &computed);
+    answered.extend(computed);
+    Ok(answered)
 }
 
 #[derive(sqlx::FromRow)]
@@ -170,14 +252,8 @@ pub async fn fleet(
 
     let rows: Vec<FleetRow> = state
         .read_window(window, |sources, pool| {
-            let statement = sql(sources);
-            async move {
-                sqlx::query_as(&statement)
-                    .bind(window.from)
-                    .bind(window.to)
-                    .fetch_all(&pool)
-                    .await
-            }
+            let sources = sources.clone();
+            async move { fleet_rows(&pool, &sources, window).await }
         })
         .await?;
     let mut vehicles: Vec<FleetVehicle> = rows

@@ -230,6 +230,16 @@ fn describe_metrics() {
             "energy_query_replica_in_rotation",
             "1 while the replica is read from, 0 while it lags beyond QUERY_MAX_LAG_MS or is down",
         ),
+        (
+            service_kit::metrics::Kind::Counter,
+            "energy_query_answers_total",
+            "Performance answers, by outcome: figures (read from the worker's per-vehicle figures), kept, changed, computed",
+        ),
+        (
+            service_kit::metrics::Kind::Counter,
+            "energy_query_fleet_vehicles_total",
+            "Vehicles of fleet views answered, by source: figures (the worker's per-vehicle figures), computed (the pieces)",
+        ),
     ]);
 }
 

@@ -7,8 +7,10 @@
 //! meter, meters taken by another vehicle). Every answer equals the
 //! in-order replay: right after each change, before any pass (the marks
 //! written with it send the answer to the raw pieces), and after the next
-//! pass (the figures hold the change). The metrics show both paths ran, and
-//! the passes leave no mark behind.
+//! pass (the figures hold the change); so does the fleet view, which takes
+//! from the figures the vehicles they answer and the others from the
+//! pieces. The metrics show both paths ran, and the passes leave no mark
+//! behind.
 
 mod common;
 
@@ -19,7 +21,10 @@ use test_support::postgres::fresh_database;
 use test_support::readings::assignment;
 use test_support::reference::Model;
 
-use common::changing_fleet::{answers_counted, ask, changes, hundred_minutes, store, VEHICLES};
+use common::changing_fleet::{
+    answers_counted, ask, ask_fleet, changes, fleet_vehicles_counted, hundred_minutes, store,
+    VEHICLES,
+};
 use common::Api;
 
 /// Passes at `now` until the figures are current.
@@ -80,6 +85,7 @@ async fn answers_from_figures_equal_an_in_order_replay_while_the_data_changes() 
         for id in VEHICLES {
             ask(&api, &model, id, end - width, end, seed, round).await;
         }
+        ask_fleet(&api, &model, end - width, end, seed, round).await;
         end += TimeDelta::seconds(rng.i64(5..40));
         let batch = changes(&mut rng, round, end, origin, &sent, &mut held_back);
         store(&db.pool, &batch).await;
@@ -89,17 +95,23 @@ async fn answers_from_figures_equal_an_in_order_replay_while_the_data_changes() 
         for id in VEHICLES {
             ask(&api, &model, id, end - width, end, seed, round).await;
         }
+        ask_fleet(&api, &model, end - width, end, seed, round).await;
         summarise(&db.pool, now).await;
         assert_eq!(marks_left(&db.pool).await, 0, "seed {seed}, round {round}");
         for id in VEHICLES {
             ask(&api, &model, id, end - width, end, seed, round).await;
         }
+        ask_fleet(&api, &model, end - width, end, seed, round).await;
     }
 
     for outcome in ["figures", "computed"] {
         assert!(
             answers_counted(&api, outcome).await > 0.0,
             "seed {seed}: no answer was read from {outcome}"
+        );
+        assert!(
+            fleet_vehicles_counted(&api, outcome).await > 0.0,
+            "seed {seed}: no fleet vehicle was read from {outcome}"
         );
     }
     api.stop().await;

@@ -163,3 +163,49 @@ pub async fn ask(
         "{context}"
     );
 }
+
+/// The fleet view of `(from, to]` against the replay: every vehicle that
+/// reported in it, with its figures, and no other.
+pub async fn ask_fleet(
+    api: &Api,
+    model: &Model,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    seed: u64,
+    round: usize,
+) {
+    let format = shared::wire::format_timestamp;
+    let context = format!("seed {seed}, round {round}, fleet ({from}, {to}]");
+    let (status, body) = api
+        .get_with(
+            "/v1/analytics/fleet",
+            &[("from", format(from)), ("to", format(to))],
+        )
+        .await;
+    assert_eq!(status, 200, "{context}: {body}");
+    let listed = body["vehicles"].as_array().expect("vehicles");
+    let mut reported = 0;
+    for id in VEHICLES {
+        let want = model.charging(id, from, to);
+        let entry = listed.iter().find(|v| v["vehicleId"] == id);
+        match entry {
+            None => assert_eq!(want.vehicle_readings, 0, "{context}: {id} missing: {body}"),
+            Some(entry) => {
+                reported += 1;
+                assert_answers_charging(entry, &want, &format!("{context}, {id}"));
+            }
+        }
+    }
+    assert_eq!(listed.len(), reported, "{context}: {body}");
+}
+
+/// Fleet-view vehicles the service answered from `source` (`/metrics`).
+pub async fn fleet_vehicles_counted(api: &Api, source: &str) -> f64 {
+    let text = test_support::http::scrape(&api.url).await;
+    test_support::http::sample(
+        &text,
+        "energy_query_fleet_vehicles_total",
+        &[("source", source)],
+    )
+    .unwrap_or(0.0)
+}
