@@ -213,9 +213,14 @@ pub async fn run(settings: &Settings, runs: usize, report: &mut Report) -> anyho
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(THROUGHPUT_CONCURRENCY)
         .build()?;
+    // Sessions as query-api opens them (no JIT compilation, `service_kit::db`).
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(THROUGHPUT_CONCURRENCY as u32)
-        .connect(&db.url)
+        .connect_with(
+            db.url
+                .parse::<sqlx::postgres::PgConnectOptions>()?
+                .options([("jit", "off")]),
+        )
         .await?;
     check_answers(&client, &base, &pool, settings.vehicles, loaded.end).await?;
     // Half way down the ranking: 50 pages of 100 for 10,000 vehicles.

@@ -97,9 +97,11 @@ async fn create_database(options: &str) -> TestDatabase {
     connection.close().await.ok();
     let options = admin.database(&name);
     let url = options.to_url_lossy().to_string();
+    // Sessions as the services open them (`service_kit::db`): statements a
+    // test runs itself, such as a figures pass, are not JIT-compiled either.
     let pool = PgPoolOptions::new()
         .max_connections(5)
-        .connect_with(options)
+        .connect_with(options.options([("jit", "off")]))
         .await
         .expect("connect to the test database");
     TestDatabase {
