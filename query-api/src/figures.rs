@@ -15,9 +15,7 @@
 //! so (`usable` false) and the pieces statement ([`crate::performance`])
 //! answers.
 
-use crate::sql::{
-    meter_cut_in, meter_pieces_cte, spans_cte, window_cut_in, Cte, PieceRows, Sources,
-};
+use crate::sql::{spans_cte, Cte, Sources};
 
 /// `grid(a5, m, a60, b60)`: the middle `(a5, m]` of a window ending at `to`
 /// read from a preceding `bounds(a5, m)`, and its whole hours `(a60, b60]`
@@ -159,24 +157,11 @@ FROM vehicle_edges v LEFT JOIN middle mid ON true",
 /// bucket count per vehicle still checks it. A vehicle is stale when a mark
 /// covers it in the middle, or covers a meter its figures there counted
 /// from (the worker finds the figures a meter's mark touches the same
-/// way). The two raw edges are read for all vehicles by time, and the
-/// meters' edges through the usable vehicles' spans.
+/// way). The two edges are read raw, as in [`sql`]: every vehicle's and
+/// meter's readings in them by time, the meters' joined to the usable
+/// vehicles' spans clipped to them (one pass over each edge, instead of
+/// five index probes per span and edge).
 pub fn fleet_sql(sources: &Sources) -> String {
-    let edges = "SELECT $1::timestamptz AS lo, g.a5 AS hi FROM grid g
-        UNION ALL
-        SELECT g.m, $2::timestamptz FROM grid g";
-    let vehicle_rows = PieceRows {
-        raw: &sources.vehicle_raw,
-        five: &sources.vehicle_5min,
-        hourly: &sources.vehicle_hourly,
-        cut: "window_cut",
-        device: "true",
-        each_interval_by_key: false,
-        raw_columns:
-            "x.vehicle_id, 1::bigint AS n, x.kwh_delivered_dc AS dc, x.battery_temp AS temp",
-        bucket_columns: "x.vehicle_id, x.readings, x.sum_dc, x.sum_battery_temp",
-    }
-    .union_all();
     format!(
         "WITH bounds AS MATERIALIZED (
     SELECT energy_bucket_end($1, interval '5 minutes') AS a5,
@@ -213,20 +198,34 @@ middle AS MATERIALIZED (
     WHERE h.buckets = (extract(epoch FROM g.m - g.a5) / 300)::bigint
       AND NOT EXISTS (SELECT FROM stale s WHERE s.vehicle_id = h.vehicle_id)
 ),
-{window_cut},
-vehicle_parts AS (
-    {vehicle_rows}
+edges AS MATERIALIZED (
+    SELECT $1::timestamptz AS lo, g.a5 AS hi FROM grid g
+    UNION ALL
+    SELECT g.m, $2::timestamptz FROM grid g
 ),
 vehicle_edges AS (
-    SELECT vehicle_id, sum(n)::bigint AS n, sum(dc) AS dc, sum(temp) AS temp
-    FROM vehicle_parts GROUP BY vehicle_id
+    SELECT x.vehicle_id, count(*) AS n, sum(x.kwh_delivered_dc) AS dc, sum(x.battery_temp) AS temp
+    FROM edges e
+    JOIN {vehicle_raw} x ON x.recorded_at > e.lo AND x.recorded_at <= e.hi
+    GROUP BY x.vehicle_id
 ),
 wanted AS (SELECT vehicle_id FROM middle),
 {spans},
-{meter_cut},
-{meter_pieces},
+clipped AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT s.vehicle_id, s.meter_id,
+               GREATEST(e.lo, s.starts_at - interval '1 microsecond') AS lo,
+               LEAST(e.hi, s.ends_at - interval '1 microsecond') AS hi
+        FROM spans s, edges e
+    ) c
+    WHERE lo < hi
+),
 meter_edges AS (
-    SELECT vehicle_id, sum(n)::bigint AS n, sum(ac) AS ac FROM meter_pieces GROUP BY vehicle_id
+    SELECT c.vehicle_id, count(*) AS n, sum(x.kwh_consumed_ac) AS ac
+    FROM edges e
+    JOIN {meter_raw} x ON x.recorded_at > e.lo AND x.recorded_at <= e.hi
+    JOIN clipped c ON c.meter_id = x.meter_id AND x.recorded_at > c.lo AND x.recorded_at <= c.hi
+    GROUP BY c.vehicle_id
 ),
 answered AS (
     SELECT m.vehicle_id, m.n + coalesce(v.n, 0) AS n, m.dc + coalesce(v.dc, 0) AS dc,
@@ -248,9 +247,8 @@ UNION ALL
 SELECT NULL, false, 0, 0, NULL, 0, 0 WHERE NOT EXISTS (SELECT FROM grid)",
         grid = grid_cte("$2", "g.after <= g.a5"),
         held = held_rows("v.vehicle_id"),
-        window_cut = window_cut_in(edges, "true", Cte::Inline),
         spans = spans_cte("$1", "$2", Cte::Once),
-        meter_cut = meter_cut_in(edges, "true", Cte::Once),
-        meter_pieces = meter_pieces_cte(sources),
+        vehicle_raw = sources.vehicle_raw,
+        meter_raw = sources.meter_raw,
     )
 }

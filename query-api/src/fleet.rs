@@ -48,8 +48,11 @@ pub fn listed_sql(sources: &Sources) -> String {
     statement(sources, "x.vehicle_id = ANY($3)")
 }
 
-fn statement(sources: &Sources, vehicles: &str) -> String {
-    let vehicle_rows = PieceRows {
+/// The vehicles' pieces (`vehicle_id, n, dc, temp`) of every interval in a
+/// preceding `window_cut`, for the vehicles `x.vehicle_id` for which
+/// `vehicles` holds, read across devices by time (or by key).
+fn vehicle_rows(sources: &Sources, vehicles: &str) -> String {
+    PieceRows {
         raw: &sources.vehicle_raw,
         five: &sources.vehicle_5min,
         hourly: &sources.vehicle_hourly,
@@ -60,7 +63,11 @@ fn statement(sources: &Sources, vehicles: &str) -> String {
             "x.vehicle_id, 1::bigint AS n, x.kwh_delivered_dc AS dc, x.battery_temp AS temp",
         bucket_columns: "x.vehicle_id, x.readings, x.sum_dc, x.sum_battery_temp",
     }
-    .union_all();
+    .union_all()
+}
+
+fn statement(sources: &Sources, vehicles: &str) -> String {
+    let vehicle_rows = vehicle_rows(sources, vehicles);
     format!(
         "WITH {window_cut},
 vehicle_parts AS (

@@ -44,10 +44,8 @@ pub fn reading(
 /// Whether the service counted `outcome` at least once (from `/metrics`).
 pub async fn answers_counted(api: &Api, outcome: &str) -> f64 {
     let text = test_support::http::scrape(&api.url).await;
-    let prefix = format!("energy_query_answers_total{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
+    test_support::http::sample(&text, "energy_query_answers_total", &[("outcome", outcome)])
+        .unwrap_or(0.0)
 }
 
 /// Every device's reading of each minute of the first 100 after `origin`,
