@@ -104,9 +104,13 @@ pub async fn catch_up(
 ) -> Result<u64, sqlx::Error> {
     let mut written = 0;
     while let Pass::Done {
-        buckets, current, ..
+        range,
+        buckets,
+        marks,
+        current,
     } = pass(pool, now, keep).await?
     {
+        tracing::debug!(after = %range.after, through = %range.through, buckets, marks, current, "figures pass");
         written += buckets;
         if current {
             break;
