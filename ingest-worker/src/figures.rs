@@ -102,6 +102,17 @@ pub async fn catch_up(
     now: DateTime<Utc>,
     keep: TimeDelta,
 ) -> Result<u64, sqlx::Error> {
+    catch_up_while(pool, now, keep, || true).await
+}
+
+/// [`catch_up`], stopping before any pass after the first when
+/// `keep_going` says no (the worker fell behind its partitions).
+pub async fn catch_up_while(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    keep: TimeDelta,
+    keep_going: impl Fn() -> bool,
+) -> Result<u64, sqlx::Error> {
     let mut written = 0;
     while let Pass::Done {
         range,
@@ -112,7 +123,7 @@ pub async fn catch_up(
     {
         tracing::debug!(after = %range.after, through = %range.through, buckets, marks, current, "figures pass");
         written += buckets;
-        if current {
+        if current || !keep_going() {
             break;
         }
     }

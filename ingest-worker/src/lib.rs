@@ -174,7 +174,8 @@ pub async fn run_with_clock(
         &[&args.kafka.kafka_topic, &dead_letter_topic],
     )
     .await?;
-    let consumer = subscribe(&args)?;
+    let backlog = Arc::new(Backlog::new(&args.batch_limits()));
+    let consumer = subscribe(&args, backlog.clone())?;
 
     let token = CancellationToken::new();
     let signal_token = token.clone();
@@ -190,7 +191,6 @@ pub async fn run_with_clock(
         Duration::from_secs(args.partition_upkeep_interval_secs.max(1)),
         token.clone(),
     ));
-    let backlog = Arc::new(Backlog::new(&args.batch_limits()));
     if args.figures_keep_hours > 0 {
         tokio::spawn(keep_figures(
             pool.clone(),
@@ -247,9 +247,12 @@ pub async fn run_with_clock(
 }
 
 /// The group's consumer, subscribed to the readings topic.
-fn subscribe(args: &WorkerArgs) -> anyhow::Result<StreamConsumer<WorkerContext>> {
+fn subscribe(
+    args: &WorkerArgs,
+    backlog: Arc<Backlog>,
+) -> anyhow::Result<StreamConsumer<WorkerContext>> {
     let consumer: StreamConsumer<WorkerContext> = settings::consumer_config(args)
-        .create_with_context(WorkerContext::default())
+        .create_with_context(WorkerContext::new(backlog))
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&args.kafka.kafka_topic])
@@ -315,8 +318,9 @@ const FIGURES_MOST_DEFERRED: Duration = Duration::from_secs(300);
 /// current (or another worker runs them); a failed pass is tried again at
 /// the next round. Cancelled mid-pass, a pass's transaction rolls back.
 ///
-/// While the consumer is behind (a backlog after an outage), passes wait,
-/// up to [`FIGURES_MOST_DEFERRED`]: the backlog's readings land in the
+/// While the worker is behind (a backlog after an outage), rounds wait, up
+/// to [`FIGURES_MOST_DEFERRED`] after the last one ended, and a round stops
+/// between passes once it is behind: the backlog's readings land in the
 /// buckets a pass would summarise, so each batch would mark them and each
 /// pass compute them again, on the cores the drain needs (measured in
 /// BENCHMARKS.md, "Worker drain").
@@ -330,24 +334,25 @@ async fn keep_figures(
 ) {
     let mut every = tokio::time::interval(interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_pass: Option<std::time::Instant> = None;
+    let mut last_round_ended: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let waited_enough = last_pass.is_none_or(|at| at.elapsed() >= FIGURES_MOST_DEFERRED);
+        let waited_enough =
+            last_round_ended.is_none_or(|ended| ended.elapsed() >= FIGURES_MOST_DEFERRED);
         if backlog.is_behind() && !waited_enough {
             tracing::debug!("per-vehicle figures deferred: the consumer is behind");
             metrics::counter!("energy_worker_figure_rounds_total", "outcome" => "deferred")
                 .increment(1);
             continue;
         }
-        last_pass = Some(std::time::Instant::now());
         let caught_up = tokio::select! {
             () = shutdown.cancelled() => return,
-            caught_up = figures::catch_up(&pool, clock(), keep) => caught_up,
+            caught_up = figures::catch_up_while(&pool, clock(), keep, || !backlog.is_behind()) => caught_up,
         };
+        last_round_ended = Some(std::time::Instant::now());
         let outcome = match caught_up {
             Ok(buckets) => {
                 if buckets > 0 {

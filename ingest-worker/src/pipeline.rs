@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,17 +46,22 @@ impl BatchLimits {
     }
 }
 
-/// Whether the consume loop is behind its partitions' ends, as its batches
-/// tell: a batch flushed because it was full left messages waiting; one
-/// flushed by its timer had taken all there was, and so had a loop that
-/// starts no flush for a while after one ended (a backlog ending on a full
-/// batch). Background work that competes with the drain for the database
-/// (the per-vehicle figures) waits while the worker is behind.
+/// Whether the worker is behind its partitions' ends. Two signs, either
+/// enough: librdkafka's consumer lag (statistics every few seconds) of at
+/// least a full batch; or the consume loop's last flush was of a full batch
+/// and the next one started within twice the batch wait (a loop that starts
+/// no flush for that long has taken all there was, even when its last batch
+/// was full). Background work that competes with the drain for the
+/// database (the per-vehicle figures) waits while the worker is behind.
 #[derive(Debug)]
 pub struct Backlog {
     /// A loop still behind starts its next flush within this of the last
     /// one's end (the next batch fills, or its timer fires, meanwhile).
     idle_after: Duration,
+    /// Messages of lag that count as behind: a full batch.
+    lag_behind: i64,
+    /// The assigned partitions' summed lag, -1 until known.
+    lag: AtomicI64,
     state: Mutex<BacklogState>,
 }
 
@@ -73,6 +78,8 @@ impl Backlog {
     pub fn new(limits: &BatchLimits) -> Self {
         Self {
             idle_after: limits.max_wait * 2 + Duration::from_millis(100),
+            lag_behind: i64::try_from(limits.max_messages).unwrap_or(i64::MAX),
+            lag: AtomicI64::new(-1),
             state: Mutex::default(),
         }
     }
@@ -95,8 +102,17 @@ impl Backlog {
         state.last_flush_ended = Some(std::time::Instant::now());
     }
 
-    /// Whether messages are waiting for the loop.
+    /// The consumer's lag over its assigned partitions, from librdkafka's
+    /// statistics ([`crate::rebalance`]).
+    pub fn record_lag(&self, messages: i64) {
+        self.lag.store(messages, Ordering::Relaxed);
+    }
+
+    /// Whether messages are waiting for the worker.
     pub fn is_behind(&self) -> bool {
+        if self.lag.load(Ordering::Relaxed) >= self.lag_behind {
+            return true;
+        }
         let state = self.state();
         state.full
             && (state.flushing

@@ -8,17 +8,27 @@
 //! stores an offset for a partition revoked before it began. What was
 //! dropped was never committed, so the partition's new owner reads it again.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 
-#[derive(Default)]
+use crate::pipeline::Backlog;
+
 pub struct WorkerContext {
     revoked: Mutex<Vec<i32>>,
+    /// Where the statistics' consumer lag is told.
+    backlog: Arc<Backlog>,
 }
 
 impl WorkerContext {
+    pub fn new(backlog: Arc<Backlog>) -> Self {
+        Self {
+            revoked: Mutex::default(),
+            backlog,
+        }
+    }
+
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<i32> {
         std::mem::take(
@@ -39,8 +49,10 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
 
 impl ClientContext for WorkerContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the
-    /// consumer lag of each assigned partition, in messages.
+    /// consumer lag of each assigned partition, in messages, for /metrics
+    /// and summed for the [`Backlog`].
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut total: Option<i64> = None;
         for topic in statistics.topics.values() {
             for (&partition, stats) in &topic.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; a
@@ -48,9 +60,11 @@ impl ClientContext for WorkerContext {
                 if partition >= 0 && stats.consumer_lag >= 0 {
                     metrics::gauge!("energy_worker_consumer_lag_messages", "partition" => partition.to_string())
                         .set(stats.consumer_lag as f64);
+                    *total.get_or_insert(0) += stats.consumer_lag;
                 }
             }
         }
+        self.backlog.record_lag(total.unwrap_or(-1));
     }
 }
 

@@ -70,7 +70,7 @@ fn pool_with(
         // planner's cost estimate passes `jit_above_cost`, and estimates on
         // tables it has no statistics of yet pass it easily: compiling the
         // per-vehicle figures' pass took about 3 s, every pass, for a
-        // statement that then ran in 2 ms (BENCHMARKS.md). These statements
+        // statement that then ran in 1.5 ms (BENCHMARKS.md). These statements
         // are index probes and set joins over modest row counts, never the
         // long expression-heavy scans JIT pays off for.
         ("jit", "off".to_owned()),
