@@ -4,9 +4,9 @@
 //! Where the worker's per-vehicle figures hold the window's middle, every
 //! vehicle they answer exactly is summed from them, with only the window's
 //! two edges read raw ([`crate::figures::fleet_sql`]); the vehicles they do
-//! not (marked stale, new since the last pass) are computed from the
-//! pieces by key, and every vehicle is when the figures do not hold the
-//! window. The pieces statement reads by time over all devices: rollups for
+//! not (marked stale, or without every bucket of the middle summarised, as
+//! a vehicle new since the last pass) are computed from the pieces by key,
+//! and every vehicle is when the figures do not hold the window. The pieces statement reads by time over all devices: rollups for
 //! whole hours, raw rows for the window's partial hours through BRIN
 //! indexes, then each vehicle's meter spans through the per-device indexes.
 //! Sorting, the status filter and the cursor are applied here, with the
@@ -106,17 +106,24 @@ struct FiguresRow {
 }
 
 /// Every reporting vehicle's row: from the worker's figures where they
-/// answer exactly, the others from the pieces (all of them when the
-/// figures do not hold the window).
+/// answer exactly, the others from the pieces by key; all of them from the
+/// pieces when the figures do not hold the window, or answer fewer
+/// vehicles than they leave (passes deferred during a backlog), where
+/// reading the whole fleet by time is cheaper than by key. Both statements
+/// read one snapshot, so a page is one state of the data.
 async fn fleet_rows(
     pool: &PgPool,
     sources: &Sources,
     window: Window,
 ) -> Result<Vec<FleetRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let read: Vec<FiguresRow> = sqlx::query_as(&crate::figures::fleet_sql(sources))
         .bind(window.from)
         .bind(window.to)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
     let (mut answered, mut listed, mut unanswerable) = (Vec::new(), Vec::new(), false);
     for row in read {
@@ -133,11 +140,12 @@ async fn fleet_rows(
             (Some(vehicle_id), false) => listed.push(vehicle_id),
         }
     }
-    let computed: Vec<FleetRow> = if unanswerable {
+    let computed: Vec<FleetRow> = if unanswerable || listed.len() > answered.len() {
+        answered.clear();
         sqlx::query_as(&sql(sources))
             .bind(window.from)
             .bind(window.to)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
     } else if listed.is_empty() {
         Vec::new()
@@ -146,9 +154,10 @@ async fn fleet_rows(
             .bind(window.from)
             .bind(window.to)
             .bind(&listed)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
     };
+    tx.commit().await?;
     let counted = |source, rows: &[FleetRow]| {
         metrics::counter!("energy_query_fleet_vehicles_total", "source" => source)
             .increment(rows.len() as u64)
