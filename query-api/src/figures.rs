@@ -38,6 +38,19 @@ fn grid_cte(to: &str, condition: &str) -> String {
     )
 }
 
+/// `clipped(vehicle_id, meter_id, lo, hi)`: each span of the preceding
+/// `spans` clipped to each of the preceding `edges(lo, hi)`, empty ones left
+/// out: the meters' readings that count at the window's raw edges.
+const CLIPPED_CTE: &str = "clipped AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT s.vehicle_id, s.meter_id,
+               GREATEST(e.lo, s.starts_at - interval '1 microsecond') AS lo,
+               LEAST(e.hi, s.ends_at - interval '1 microsecond') AS hi
+        FROM spans s, edges e
+    ) c
+    WHERE lo < hi
+)";
+
 /// The figures of `vehicle` (an SQL expression) over the middle of grid
 /// `g`: buckets up to the first whole hour, the whole hours, buckets after
 /// them; `buckets` counts five-minute buckets (12 for an hour).
@@ -104,15 +117,7 @@ edges AS MATERIALIZED (
     UNION ALL
     SELECT m, $3::timestamptz FROM middle
 ),
-clipped AS MATERIALIZED (
-    SELECT * FROM (
-        SELECT s.meter_id,
-               GREATEST(e.lo, s.starts_at - interval '1 microsecond') AS lo,
-               LEAST(e.hi, s.ends_at - interval '1 microsecond') AS hi
-        FROM spans s, edges e
-    ) c
-    WHERE lo < hi
-),
+{clipped},
 meter_edges AS (
     SELECT c.meter_id, count(*) AS n, sum(x.kwh_consumed_ac) AS ac
     FROM clipped c
@@ -139,6 +144,7 @@ SELECT EXISTS (SELECT FROM middle) AS usable,
 FROM vehicle_edges v LEFT JOIN middle mid ON true",
         spans = spans_cte("$2", "$3", Cte::Once),
         grid = grid_cte("$3", "true"),
+        clipped = CLIPPED_CTE,
         held = held_rows("$1"),
         meter_raw = sources.meter_raw,
         vehicle_raw = sources.vehicle_raw,
@@ -211,15 +217,7 @@ vehicle_edges AS (
 ),
 wanted AS (SELECT vehicle_id FROM middle),
 {spans},
-clipped AS MATERIALIZED (
-    SELECT * FROM (
-        SELECT s.vehicle_id, s.meter_id,
-               GREATEST(e.lo, s.starts_at - interval '1 microsecond') AS lo,
-               LEAST(e.hi, s.ends_at - interval '1 microsecond') AS hi
-        FROM spans s, edges e
-    ) c
-    WHERE lo < hi
-),
+{clipped},
 meter_edges AS (
     SELECT c.vehicle_id, count(*) AS n, sum(x.kwh_consumed_ac) AS ac
     FROM edges e
@@ -246,6 +244,7 @@ WHERE NOT EXISTS (SELECT FROM middle m WHERE m.vehicle_id = o.vehicle_id)
 UNION ALL
 SELECT NULL, false, 0, 0, NULL, 0, 0 WHERE NOT EXISTS (SELECT FROM grid)",
         grid = grid_cte("$2", "g.after <= g.a5"),
+        clipped = CLIPPED_CTE,
         held = held_rows("v.vehicle_id"),
         spans = spans_cte("$1", "$2", Cte::Once),
         vehicle_raw = sources.vehicle_raw,
