@@ -387,14 +387,18 @@ meters AS (
     FROM meter_sums GROUP BY vehicle_id, bucket_end
 ),
 spanned AS (
-    SELECT vehicle_id, bucket_end, array_agg(DISTINCT meter_id) AS meters
+    SELECT vehicle_id, bucket_end, array_agg(DISTINCT meter_id) AS meters,
+           -- One span, over the whole bucket: its meter counts throughout.
+           CASE WHEN count(*) = 1
+                 AND bool_and(lo = bucket_end - interval '5 minutes' AND hi = bucket_end)
+                THEN min(meter_id) END AS whole_meter
     FROM bucket_cut GROUP BY vehicle_id, bucket_end
 )
 INSERT INTO vehicle_figures AS f (vehicle_id, minutes, bucket_end, vehicle_readings, sum_dc,
-    sum_battery_temp, meter_readings, sum_ac, meters, meter_ids)
+    sum_battery_temp, meter_readings, sum_ac, meters, meter_ids, whole_meter)
 SELECT p.vehicle_id, 5, p.bucket_end, coalesce(v.readings, 0), coalesce(v.sum_dc, 0),
        coalesce(v.sum_battery_temp, 0), coalesce(m.n, 0), coalesce(m.ac, 0),
-       coalesce(s.meters, '{{}}'), coalesce(m.meter_ids, '{{}}')
+       coalesce(s.meters, '{{}}'), coalesce(m.meter_ids, '{{}}'), s.whole_meter
 FROM pairs p
 LEFT JOIN {vehicle_5min} v ON v.vehicle_id = p.vehicle_id AND v.bucket_end = p.bucket_end
 LEFT JOIN meters m ON m.vehicle_id = p.vehicle_id AND m.bucket_end = p.bucket_end
@@ -402,7 +406,8 @@ LEFT JOIN spanned s ON s.vehicle_id = p.vehicle_id AND s.bucket_end = p.bucket_e
 ON CONFLICT (vehicle_id, minutes, bucket_end) DO UPDATE SET
     vehicle_readings = EXCLUDED.vehicle_readings, sum_dc = EXCLUDED.sum_dc,
     sum_battery_temp = EXCLUDED.sum_battery_temp, meter_readings = EXCLUDED.meter_readings,
-    sum_ac = EXCLUDED.sum_ac, meters = EXCLUDED.meters, meter_ids = EXCLUDED.meter_ids
+    sum_ac = EXCLUDED.sum_ac, meters = EXCLUDED.meters, meter_ids = EXCLUDED.meter_ids,
+    whole_meter = EXCLUDED.whole_meter
 RETURNING f.vehicle_id, energy_hour_end(f.bucket_end)",
         spans = spans_cte("w.lo", "w.hi", Cte::Inline),
         bucket_cut = cut(bucket_intervals, "false"),
