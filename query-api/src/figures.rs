@@ -14,6 +14,14 @@
 //! snapshot that sees a change sees its mark. Otherwise the statement says
 //! so (`usable` false) and the pieces statement ([`crate::performance`])
 //! answers.
+//!
+//! Which meter counts at the two raw edges is read from the figures too
+//! when it can be ([`sql`]): the bucket holding the head names the one
+//! meter that counts throughout it (`whole_meter`), and so does the last
+//! summarised bucket for the tail, as long as no assignment of the vehicle
+//! or of that meter starts after it. Otherwise ([`spans_sql`]) the edges'
+//! meters are resolved from the vehicle's assignments, as the pieces
+//! statement does.
 
 use crate::sql::{spans_cte, Cte, Sources};
 
@@ -58,7 +66,7 @@ fn held_rows(vehicle: &str) -> String {
     let range = |buckets: u32, minutes: u32, lo: &str, hi: &str| {
         format!(
             "SELECT {buckets} AS buckets, f.vehicle_readings, f.sum_dc, f.sum_battery_temp,
-               f.meter_readings, f.sum_ac, f.meter_ids
+               f.meter_readings, f.sum_ac, f.meters, f.meter_ids
         FROM vehicle_figures f
         WHERE f.vehicle_id = {vehicle} AND f.minutes = {minutes}
           AND f.bucket_end > g.{lo} AND f.bucket_end <= g.{hi}"
@@ -72,13 +80,155 @@ fn held_rows(vehicle: &str) -> String {
     .join("\n        UNION ALL\n        ")
 }
 
-/// The figures statement (see the module's doc); `$1` vehicle, `$2`/`$3`
-/// window. Columns: `usable`, then those of the pieces statement. It
-/// computes no validity for [`crate::answers`]: reading the revisions
-/// would take it past 16 relations, where PostgreSQL's locks leave the
-/// backend's fast path (BENCHMARKS.md), and it is cheap enough to run
-/// again.
-pub fn sql(sources: &Sources) -> String {
+/// The marks that make the figures of vehicle `$1` over `[o.a5, o.m]`
+/// stale: its own, and those of the meters named in `meters` (an SQL
+/// array of the meters its figures there could count from).
+fn unmarked(meters: &str) -> String {
+    format!(
+        "NOT EXISTS (
+          SELECT FROM figure_marks k
+          WHERE k.device_kind = 'v' AND k.device_id = $1
+            AND k.from_end <= o.m AND k.to_end >= o.a5)
+      AND NOT EXISTS (
+          SELECT FROM figure_marks k
+          WHERE k.device_kind = 'm' AND k.device_id = ANY ({meters})
+            AND k.from_end <= o.m AND k.to_end >= o.a5)"
+    )
+}
+
+/// The columns of an answer from `middle` (`n`, `dc`, `temp`, `meter_n`,
+/// `ac` or NULL when the figures cannot answer), `vehicle_edges` (one row
+/// `n`, `dc`, `temp`), `meter_edges` (`meter_id`, `n`, `ac`) and `held`.
+const ANSWER_COLUMNS: &str = "SELECT EXISTS (SELECT FROM middle) AS usable,
+       v.n + coalesce(mid.n, 0) AS vehicle_readings, v.dc + coalesce(mid.dc, 0) AS sum_dc,
+       CASE WHEN v.n + coalesce(mid.n, 0) > 0
+            THEN (v.temp + coalesce(mid.temp, 0)) / (v.n + coalesce(mid.n, 0)) END AS avg_battery_temp,
+       (SELECT coalesce(sum(n), 0)::bigint FROM meter_edges) + coalesce(mid.meter_n, 0) AS meter_readings,
+       (SELECT coalesce(sum(ac), 0) FROM meter_edges) + coalesce(mid.ac, 0) AS sum_ac,
+       ARRAY(SELECT meter_id FROM (
+                 SELECT meter_id FROM meter_edges WHERE n > 0
+                 UNION
+                 SELECT unnest(meter_ids) FROM held
+             ) counted ORDER BY meter_id COLLATE \"C\") AS meter_ids
+FROM vehicle_edges v LEFT JOIN middle mid ON true";
+
+/// The sums of the middle's figures, `h(buckets, n, dc, temp, meter_n, ac)`.
+const HELD_SUMS: &str = "(
+        SELECT sum(buckets) AS buckets, sum(vehicle_readings)::bigint AS n, sum(sum_dc) AS dc,
+               sum(sum_battery_temp) AS temp, sum(meter_readings)::bigint AS meter_n,
+               sum(sum_ac) AS ac
+        FROM held
+    ) h";
+
+/// The figures statement with the edges' meters read from the figures (see
+/// the module's doc): `$1` vehicle, `$2`/`$3` window; `head` names the raw
+/// partitions of `($2, $2 + 5 min]`, `tail` those of `($3 - 1 h, $3]`.
+/// Columns: `usable`, then those of the pieces statement. Not usable when
+/// [`spans_sql`] could be: an edge's bucket without `whole_meter` (a span
+/// starts or ends in it, or it was written before the column), or an
+/// assignment of the vehicle or of the tail's meter starting in the tail.
+///
+/// The head's bucket `a5` is checked for marks with the middle: an
+/// assignment that changes who owns it marks the vehicle, or the meter
+/// that owned it, from its bucket on. Neither statement computes validity
+/// for [`crate::answers`]: reading the revisions would take it past 16
+/// relations, where PostgreSQL's locks leave the backend's fast path
+/// (BENCHMARKS.md), and it is cheap enough to run again.
+pub fn sql(head: &Sources, tail: &Sources) -> String {
+    format!(
+        "WITH tail AS MATERIALIZED (
+    SELECT f.bucket_end, f.meters, f.whole_meter FROM vehicle_figures f
+    WHERE f.vehicle_id = $1 AND f.minutes = 5
+      AND f.bucket_end <= energy_bucket_start($3, interval '5 minutes')
+    ORDER BY f.bucket_end DESC LIMIT 1
+),
+bounds AS MATERIALIZED (
+    SELECT energy_bucket_end($2, interval '5 minutes') AS a5, (SELECT bucket_end FROM tail) AS m
+),
+{grid},
+head AS MATERIALIZED (
+    SELECT f.meters, f.whole_meter FROM grid g JOIN vehicle_figures f
+      ON f.vehicle_id = $1 AND f.minutes = 5 AND f.bucket_end = g.a5
+),
+held AS MATERIALIZED (
+    SELECT r.* FROM grid g CROSS JOIN LATERAL (
+        {held}
+    ) r
+),
+-- The meter counting throughout each edge: '' none, NULL not known here.
+owners AS MATERIALIZED (
+    SELECT g.a5, g.m,
+           CASE WHEN g.a5 = $2 OR cardinality(h.meters) = 0 THEN ''
+                ELSE h.whole_meter END AS head_meter,
+           CASE WHEN EXISTS (SELECT FROM assignments a
+                              WHERE a.vehicle_id = $1 AND a.starts_at > g.m AND a.starts_at <= $3)
+                THEN NULL
+                WHEN cardinality(t.meters) = 0 THEN ''
+                WHEN NOT EXISTS (SELECT FROM assignments a
+                                  WHERE a.meter_id = t.whole_meter AND a.vehicle_id <> $1
+                                    AND a.starts_at > g.m AND a.starts_at <= $3)
+                THEN t.whole_meter END AS tail_meter
+    FROM grid g CROSS JOIN tail t LEFT JOIN head h ON true
+),
+middle AS MATERIALIZED (
+    SELECT o.a5, o.m, o.head_meter, o.tail_meter, h.n, h.dc, h.temp, h.meter_n, h.ac
+    FROM owners o, {held_sums}
+    WHERE h.buckets = (extract(epoch FROM o.m - o.a5) / 300)::bigint
+      AND o.head_meter IS NOT NULL AND o.tail_meter IS NOT NULL
+      AND {unmarked}
+),
+one AS (SELECT)
+SELECT d.a5 IS NOT NULL AS usable,
+       hv.n + tv.n + coalesce(d.n, 0) AS vehicle_readings,
+       hv.dc + tv.dc + coalesce(d.dc, 0) AS sum_dc,
+       CASE WHEN hv.n + tv.n + coalesce(d.n, 0) > 0
+            THEN (hv.temp + tv.temp + coalesce(d.temp, 0)) / (hv.n + tv.n + coalesce(d.n, 0))
+       END AS avg_battery_temp,
+       hm.n + tm.n + coalesce(d.meter_n, 0) AS meter_readings,
+       hm.ac + tm.ac + coalesce(d.ac, 0) AS sum_ac,
+       ARRAY(SELECT DISTINCT meter_id COLLATE \"C\" FROM (
+                 SELECT unnest(meter_ids) AS meter_id FROM held
+                 UNION ALL SELECT d.head_meter WHERE hm.n > 0
+                 UNION ALL SELECT d.tail_meter WHERE tm.n > 0
+             ) counted ORDER BY 1) AS meter_ids
+FROM one LEFT JOIN middle d ON true
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, coalesce(sum(x.kwh_delivered_dc), 0) AS dc,
+           coalesce(sum(x.battery_temp), 0) AS temp
+    FROM {head_vehicle} x
+    WHERE x.vehicle_id = $1 AND x.recorded_at > $2 AND x.recorded_at <= d.a5
+) hv
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, coalesce(sum(x.kwh_delivered_dc), 0) AS dc,
+           coalesce(sum(x.battery_temp), 0) AS temp
+    FROM {tail_vehicle} x
+    WHERE x.vehicle_id = $1 AND x.recorded_at > d.m AND x.recorded_at <= $3
+) tv
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, coalesce(sum(x.kwh_consumed_ac), 0) AS ac
+    FROM {head_meter} x
+    WHERE x.meter_id = d.head_meter AND x.recorded_at > $2 AND x.recorded_at <= d.a5
+) hm
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, coalesce(sum(x.kwh_consumed_ac), 0) AS ac
+    FROM {tail_meter} x
+    WHERE x.meter_id = d.tail_meter AND x.recorded_at > d.m AND x.recorded_at <= $3
+) tm",
+        grid = grid_cte("$3", "true"),
+        held = held_rows("$1"),
+        held_sums = HELD_SUMS,
+        unmarked = unmarked("ARRAY(SELECT unnest(meters) FROM held) || (SELECT meters FROM head)"),
+        head_vehicle = head.vehicle_raw,
+        tail_vehicle = tail.vehicle_raw,
+        head_meter = head.meter_raw,
+        tail_meter = tail.meter_raw,
+    )
+}
+
+/// The figures statement with the edges' meters resolved from the
+/// vehicle's assignments; `$1` vehicle, `$2`/`$3` window, `sources` the
+/// window's. Columns as [`sql`]'s.
+pub fn spans_sql(sources: &Sources) -> String {
     format!(
         "WITH wanted AS (SELECT $1::text AS vehicle_id),
 {spans},
@@ -95,22 +245,10 @@ held AS MATERIALIZED (
     ) r
 ),
 middle AS MATERIALIZED (
-    SELECT g.a5, g.m, h.n, h.dc, h.temp, h.meter_n, h.ac
-    FROM grid g, (
-        SELECT sum(buckets) AS buckets, sum(vehicle_readings)::bigint AS n, sum(sum_dc) AS dc,
-               sum(sum_battery_temp) AS temp, sum(meter_readings)::bigint AS meter_n,
-               sum(sum_ac) AS ac
-        FROM held
-    ) h
-    WHERE h.buckets = (extract(epoch FROM g.m - g.a5) / 300)::bigint
-      AND NOT EXISTS (
-          SELECT FROM figure_marks k
-          WHERE k.device_kind = 'v' AND k.device_id = $1
-            AND k.from_end <= g.m AND k.to_end > g.a5)
-      AND NOT EXISTS (
-          SELECT FROM figure_marks k
-          WHERE k.device_kind = 'm' AND k.device_id IN (SELECT meter_id FROM spans)
-            AND k.from_end <= g.m AND k.to_end > g.a5)
+    SELECT o.a5, o.m, h.n, h.dc, h.temp, h.meter_n, h.ac
+    FROM grid o, {held_sums}
+    WHERE h.buckets = (extract(epoch FROM o.m - o.a5) / 300)::bigint
+      AND {unmarked}
 ),
 edges AS MATERIALIZED (
     SELECT $2::timestamptz AS lo, a5 AS hi FROM middle
@@ -130,22 +268,14 @@ vehicle_edges AS (
     FROM edges e
     JOIN {vehicle_raw} x ON x.vehicle_id = $1 AND x.recorded_at > e.lo AND x.recorded_at <= e.hi
 )
-SELECT EXISTS (SELECT FROM middle) AS usable,
-       v.n + coalesce(mid.n, 0) AS vehicle_readings, v.dc + coalesce(mid.dc, 0) AS sum_dc,
-       CASE WHEN v.n + coalesce(mid.n, 0) > 0
-            THEN (v.temp + coalesce(mid.temp, 0)) / (v.n + coalesce(mid.n, 0)) END AS avg_battery_temp,
-       (SELECT coalesce(sum(n), 0)::bigint FROM meter_edges) + coalesce(mid.meter_n, 0) AS meter_readings,
-       (SELECT coalesce(sum(ac), 0) FROM meter_edges) + coalesce(mid.ac, 0) AS sum_ac,
-       ARRAY(SELECT meter_id FROM (
-                 SELECT meter_id FROM meter_edges
-                 UNION
-                 SELECT unnest(meter_ids) FROM held
-             ) counted ORDER BY meter_id COLLATE \"C\") AS meter_ids
-FROM vehicle_edges v LEFT JOIN middle mid ON true",
+{answer}",
         spans = spans_cte("$2", "$3", Cte::Once),
         grid = grid_cte("$3", "true"),
         clipped = CLIPPED_CTE,
         held = held_rows("$1"),
+        held_sums = HELD_SUMS,
+        unmarked = unmarked("ARRAY(SELECT meter_id FROM spans)"),
+        answer = ANSWER_COLUMNS,
         meter_raw = sources.meter_raw,
         vehicle_raw = sources.vehicle_raw,
     )

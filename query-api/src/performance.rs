@@ -10,7 +10,7 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use shared::domain::DeviceId;
 use shared::wire::format_timestamp;
@@ -196,7 +196,8 @@ struct KeptRow {
     changes_at: DateTime<Utc>,
 }
 
-/// A row of [`crate::figures::sql`]: `row` holds only when `usable`.
+/// A row of [`crate::figures::sql`] or [`crate::figures::spans_sql`]:
+/// `row` holds only when `usable`.
 #[derive(sqlx::FromRow)]
 struct FromFigures {
     usable: bool,
@@ -205,17 +206,41 @@ struct FromFigures {
 }
 
 /// The window's figures read from the worker's per-vehicle figures
-/// ([`crate::figures`]), or `None` when they cannot answer it exactly.
+/// ([`crate::figures`]), or `None` when they cannot answer it exactly:
+/// with the edges' meters read from the figures, or else resolved from
+/// the assignments.
 async fn from_figures(
     pool: &PgPool,
     vehicle: &DeviceId,
     window: Window,
 ) -> Result<Option<PerformanceRow>, sqlx::Error> {
-    let answer: FromFigures = one_row(pool, vehicle, window, crate::figures::sql).await?;
+    // The raw partitions of the head's bucket and of the longest tail the
+    // statement reads (an hour).
+    let head = Sources::for_window(window.from, window.from + TimeDelta::minutes(5));
+    let tail = Sources::for_window(window.to - TimeDelta::hours(1), window.to);
+    let parents = Sources::parents();
+    let answer: FromFigures =
+        crate::sql::named_or_parents((head, tail), (parents.clone(), parents), |(head, tail)| {
+            let statement = crate::figures::sql(head, tail);
+            async move {
+                sqlx::query_as(&statement)
+                    .bind(vehicle.as_str())
+                    .bind(window.from)
+                    .bind(window.to)
+                    .fetch_one(pool)
+                    .await
+            }
+        })
+        .await?;
+    if answer.usable {
+        metrics::counter!("energy_query_answers_total", "outcome" => "figures").increment(1);
+        return Ok(Some(answer.row));
+    }
+    let answer: FromFigures = one_row(pool, vehicle, window, crate::figures::spans_sql).await?;
     if !answer.usable {
         return Ok(None);
     }
-    metrics::counter!("energy_query_answers_total", "outcome" => "figures").increment(1);
+    metrics::counter!("energy_query_answers_total", "outcome" => "figures_spans").increment(1);
     Ok(Some(answer.row))
 }
 

@@ -17,10 +17,25 @@ where
     F: Fn(&Sources) -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
 {
-    match run(&Sources::for_window(window.from, window.to)).await {
+    named_or_parents(
+        Sources::for_window(window.from, window.to),
+        Sources::parents(),
+        run,
+    )
+    .await
+}
+
+/// Runs a query on the partitions `named`; if one of them is missing, runs
+/// it again on `parents`, the same sources with the partitioned tables.
+pub async fn named_or_parents<S, T, F, Fut>(named: S, parents: S, run: F) -> Result<T, sqlx::Error>
+where
+    F: Fn(&S) -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    match run(&named).await {
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => {
             tracing::warn!(%error, "a partition the window needs is missing: reading the partitioned tables");
-            run(&Sources::parents()).await
+            run(&parents).await
         }
         other => other,
     }

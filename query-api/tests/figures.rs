@@ -14,15 +14,15 @@
 
 mod common;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use ingest_worker::figures::{self, Pass};
 use serde_json::Value;
 use test_support::postgres::fresh_database;
-use test_support::readings::assignment;
+use test_support::readings::{assignment, meter, vehicle};
 use test_support::reference::Model;
 
 use common::changing_fleet::{
-    answers_counted, ask, ask_fleet, changes, fleet_vehicles_counted, hundred_minutes, store,
+    answers_counted, ask, ask_fleet, changes, fleet_vehicles_counted, hundred_minutes, kwh, store,
     VEHICLES,
 };
 use common::Api;
@@ -112,6 +112,102 @@ async fn answers_from_figures_equal_an_in_order_replay_while_the_data_changes() 
         assert!(
             fleet_vehicles_counted(&api, outcome).await > 0.0,
             "seed {seed}: no fleet vehicle was read from {outcome}"
+        );
+    }
+    api.stop().await;
+}
+
+/// Which way the last answer was read: the counters that moved since
+/// `before` (outcome, count).
+async fn outcomes_since(api: &Api, before: &[(&'static str, f64)]) -> Vec<&'static str> {
+    let mut moved = Vec::new();
+    for (outcome, count) in before {
+        if answers_counted(api, outcome).await > *count {
+            moved.push(*outcome);
+        }
+    }
+    moved
+}
+
+async fn outcome_counts(api: &Api) -> Vec<(&'static str, f64)> {
+    let mut counts = Vec::new();
+    for outcome in ["figures", "figures_spans", "computed"] {
+        counts.push((outcome, answers_counted(api, outcome).await));
+    }
+    counts
+}
+
+/// The meter of an answer's raw edges is read from the figures when the
+/// edge's bucket has one meter throughout (or none) and no assignment
+/// starts in the tail; otherwise the assignments are resolved. Each case is
+/// answered exactly, by the path it should take.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_edges_meter_is_read_from_the_figures_only_while_it_holds() {
+    let db = fresh_database().await;
+    let seed = fastrand::u64(..);
+    eprintln!("seed: {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let now = Utc::now();
+    let now = now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    // Bucket-aligned, so that the minutes below name buckets.
+    let origin = now - TimeDelta::hours(3);
+    let origin = origin - TimeDelta::seconds(origin.timestamp().rem_euclid(300));
+    let at = |minutes: i64, seconds: i64| {
+        origin + TimeDelta::minutes(minutes) + TimeDelta::seconds(seconds)
+    };
+    let api = Api::start_with(common::args_with(
+        &db,
+        &["--auth-disabled", "--answer-cache-entries", "0"],
+    ))
+    .await;
+
+    let mut sent = vec![
+        assignment("EV-1", Some("MTR-1"), at(-60, 0)),
+        // In the middle of the bucket (60, 65]: two meters count in it.
+        assignment("EV-1", Some("MTR-2"), at(62, 30)),
+        // EV-3 takes MTR-2 from EV-1 in the middle of (85, 90].
+        assignment("EV-3", Some("MTR-2"), at(87, 30)),
+        // EV-2 has no meter: its implicit one, "EV-2", does not count.
+        assignment("EV-2", None, at(-60, 0)),
+    ];
+    for step in 0..200 {
+        let when = at(0, 30 * step);
+        for id in ["EV-1", "EV-2", "EV-3"] {
+            sent.push(vehicle(id, when, 50.0, kwh(&mut rng), 30.0));
+        }
+        for id in ["MTR-1", "MTR-2", "EV-2"] {
+            sent.push(meter(id, when, kwh(&mut rng), 230.0));
+        }
+    }
+    store(&db.pool, &sent).await;
+    summarise(&db.pool, now).await;
+    let model = Model::new(&sent);
+
+    let cases: [(&str, DateTime<Utc>, DateTime<Utc>, &str); 8] = [
+        // Both edges' buckets have MTR-1 throughout.
+        ("EV-1", at(10, 17), at(40, 17), "figures"),
+        // The head's bucket (60, 65] has two meters.
+        ("EV-1", at(61, 7), at(80, 0), "figures_spans"),
+        // EV-1's own assignment starts in the tail (60, 62:50].
+        ("EV-1", at(20, 0), at(62, 50), "figures_spans"),
+        // MTR-2, the tail's meter, is taken by EV-3 in the tail (85, 88:10].
+        ("EV-1", at(66, 0), at(88, 10), "figures_spans"),
+        // Before the tail: MTR-2 throughout (80, 85].
+        ("EV-1", at(66, 0), at(85, 40), "figures"),
+        // MTR-2 counts for EV-1 in only part of the head's bucket (85, 90]:
+        // EV-3 takes it at 87:30, and EV-1 has no meter after that.
+        ("EV-1", at(86, 40), at(99, 0), "figures_spans"),
+        // No meter at all, at either edge.
+        ("EV-2", at(10, 17), at(40, 17), "figures"),
+        ("EV-1", at(90, 0), at(99, 0), "figures"),
+    ];
+    for (round, (id, from, to, path)) in cases.into_iter().enumerate() {
+        let before = outcome_counts(&api).await;
+        ask(&api, &model, id, from, to, seed, round).await;
+        assert_eq!(
+            outcomes_since(&api, &before).await,
+            [path],
+            "{id} ({from}, {to}]"
         );
     }
     api.stop().await;
