@@ -222,14 +222,7 @@ async fn from_figures(
     let answer: FromFigures =
         crate::sql::named_or_parents((head, tail), (parents.clone(), parents), |(head, tail)| {
             let statement = crate::figures::sql(head, tail);
-            async move {
-                sqlx::query_as(&statement)
-                    .bind(vehicle.as_str())
-                    .bind(window.from)
-                    .bind(window.to)
-                    .fetch_one(pool)
-                    .await
-            }
+            async move { fetch_row(pool, &statement, vehicle, window).await }
         })
         .await?;
     if answer.usable {
@@ -340,16 +333,27 @@ where
 {
     crate::sql::with_named_partitions(window, |sources| {
         let statement = build(sources);
-        async move {
-            sqlx::query_as(&statement)
-                .bind(vehicle.as_str())
-                .bind(window.from)
-                .bind(window.to)
-                .fetch_one(pool)
-                .await
-        }
+        async move { fetch_row(pool, &statement, vehicle, window).await }
     })
     .await
+}
+
+/// The row of `statement` with `$1` vehicle and `$2`/`$3` the window.
+async fn fetch_row<T>(
+    pool: &PgPool,
+    statement: &str,
+    vehicle: &DeviceId,
+    window: Window,
+) -> Result<T, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(statement)
+        .bind(vehicle.as_str())
+        .bind(window.from)
+        .bind(window.to)
+        .fetch_one(pool)
+        .await
 }
 
 #[utoipa::path(

@@ -22,8 +22,8 @@ use test_support::readings::{assignment, meter, vehicle};
 use test_support::reference::Model;
 
 use common::changing_fleet::{
-    answers_counted, ask, ask_fleet, changes, fleet_vehicles_counted, hundred_minutes, kwh, store,
-    VEHICLES,
+    answers_counted, ask, ask_fleet, changes, fleet_vehicles_counted, hundred_minutes, kwh,
+    seeded_now, store, VEHICLES,
 };
 use common::Api;
 
@@ -49,11 +49,7 @@ async fn marks_left(pool: &sqlx::PgPool) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_from_figures_equal_an_in_order_replay_while_the_data_changes() {
     let db = fresh_database().await;
-    let seed = fastrand::u64(..);
-    eprintln!("seed: {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let now = Utc::now();
-    let now = now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    let (seed, mut rng, now) = seeded_now();
     let origin = now - TimeDelta::hours(3);
     let width = TimeDelta::hours(2);
     // No answer is kept: each one is read from the figures or the pieces.
@@ -144,11 +140,7 @@ async fn outcome_counts(api: &Api) -> Vec<(&'static str, f64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_edges_meter_is_read_from_the_figures_only_while_it_holds() {
     let db = fresh_database().await;
-    let seed = fastrand::u64(..);
-    eprintln!("seed: {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let now = Utc::now();
-    let now = now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    let (seed, mut rng, now) = seeded_now();
     // Bucket-aligned, so that the minutes below name buckets.
     let origin = now - TimeDelta::hours(3);
     let origin = origin - TimeDelta::seconds(origin.timestamp().rem_euclid(300));

@@ -12,23 +12,21 @@
 
 mod common;
 
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
 use serde_json::Value;
 use test_support::postgres::fresh_database;
 use test_support::readings::assignment;
 use test_support::reference::Model;
 
-use common::changing_fleet::{answers_counted, ask, changes, hundred_minutes, store, VEHICLES};
+use common::changing_fleet::{
+    answers_counted, ask, changes, hundred_minutes, seeded_now, store, VEHICLES,
+};
 use common::Api;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kept_answers_equal_an_in_order_replay_while_the_data_changes() {
     let db = fresh_database().await;
-    let seed = fastrand::u64(..);
-    eprintln!("seed: {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let now = Utc::now();
-    let now = now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    let (seed, mut rng, now) = seeded_now();
     let origin = now - TimeDelta::hours(3);
     let width = TimeDelta::hours(2);
     let api = Api::start(&db).await;

@@ -41,6 +41,16 @@ pub fn reading(
     }
 }
 
+/// A fresh seed (printed, so that a failure can be replayed), its
+/// generator, and the time now in whole seconds.
+pub fn seeded_now() -> (u64, fastrand::Rng, DateTime<Utc>) {
+    let seed = fastrand::u64(..);
+    eprintln!("seed: {seed}");
+    let now = Utc::now();
+    let now = now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
+    (seed, fastrand::Rng::with_seed(seed), now)
+}
+
 /// Whether the service counted `outcome` at least once (from `/metrics`).
 pub async fn answers_counted(api: &Api, outcome: &str) -> f64 {
     let text = test_support::http::scrape(&api.url).await;
