@@ -921,11 +921,12 @@ async fn sizes(
         ("meter_5min", meter_rows),
         ("vehicle_hourly", vehicle_rows),
         ("meter_hourly", meter_rows),
+        ("vehicle_figures", vehicle_rows),
     ] {
         let (rows, table_bytes, index_bytes): (i64, i64, i64) = sqlx::query_as(&format!(
             "SELECT (SELECT count(*) FROM {name}),
                     sum(pg_table_size(relid))::bigint, sum(pg_indexes_size(relid))::bigint
-             FROM pg_partition_tree('{name}') WHERE isleaf"
+             FROM (SELECT relid FROM pg_partition_tree('{name}') UNION SELECT '{name}'::regclass) r"
         ))
         .fetch_one(pool)
         .await?;
@@ -943,8 +944,9 @@ async fn sizes(
     }
     report.add(
         "PostgreSQL sizes",
-        "After loading the query data set (all partitions, TOAST included). The rollups' size is \
-         per million readings of the history table they summarise.",
+        "After loading the query data set (all partitions, TOAST included). The rollups' and the \
+         per-vehicle figures' size is per million readings of the history table they summarise \
+         (the vehicles' for the figures).",
         &table,
     );
     Ok(())
