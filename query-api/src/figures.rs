@@ -123,10 +123,12 @@ const HELD_SUMS: &str = "(
 /// The figures statement with the edges' meters read from the figures (see
 /// the module's doc): `$1` vehicle, `$2`/`$3` window; `head` names the raw
 /// partitions of `($2, $2 + 5 min]`, `tail` those of `($3 - 1 h, $3]`.
-/// Columns: `usable`, then those of the pieces statement. Not usable when
-/// [`spans_sql`] could be: an edge's bucket without `whole_meter` (a span
-/// starts or ends in it, or it was written before the column), or an
-/// assignment of the vehicle or of the tail's meter starting in the tail.
+/// Columns: `usable`, `middle_held`, then those of the pieces statement.
+/// Not usable but `middle_held` when only the edges' meters are not known
+/// here, and [`spans_sql`] may answer: an edge's bucket without
+/// `whole_meter` (a span starts or ends in it, or it was written before
+/// the column), or an assignment of the vehicle or of the tail's meter
+/// starting in the tail. Otherwise the figures do not hold the window.
 ///
 /// The head's bucket `a5` is checked for marks with the middle: an
 /// assignment that changes who owns it marks the vehicle, or the meter
@@ -174,11 +176,11 @@ middle AS MATERIALIZED (
     SELECT o.a5, o.m, o.head_meter, o.tail_meter, h.n, h.dc, h.temp, h.meter_n, h.ac
     FROM owners o, {held_sums}
     WHERE h.buckets = (extract(epoch FROM o.m - o.a5) / 300)::bigint
-      AND o.head_meter IS NOT NULL AND o.tail_meter IS NOT NULL
       AND {unmarked}
 ),
 one AS (SELECT)
-SELECT d.a5 IS NOT NULL AS usable,
+SELECT d.head_meter IS NOT NULL AND d.tail_meter IS NOT NULL AS usable,
+       d.a5 IS NOT NULL AS middle_held,
        hv.n + tv.n + coalesce(d.n, 0) AS vehicle_readings,
        hv.dc + tv.dc + coalesce(d.dc, 0) AS sum_dc,
        CASE WHEN hv.n + tv.n + coalesce(d.n, 0) > 0

@@ -201,6 +201,10 @@ struct KeptRow {
 #[derive(sqlx::FromRow)]
 struct FromFigures {
     usable: bool,
+    /// [`crate::figures::sql`]'s: whether the figures hold the window's
+    /// middle (so that [`crate::figures::spans_sql`] may answer).
+    #[sqlx(default)]
+    middle_held: bool,
     #[sqlx(flatten)]
     row: PerformanceRow,
 }
@@ -228,6 +232,11 @@ async fn from_figures(
     if answer.usable {
         metrics::counter!("energy_query_answers_total", "outcome" => "figures").increment(1);
         return Ok(Some(answer.row));
+    }
+    if !answer.middle_held {
+        // Marked, not summarised yet, or older than the figures kept: the
+        // spans statement reads the same middle, so the pieces answer.
+        return Ok(None);
     }
     let answer: FromFigures = one_row(pool, vehicle, window, crate::figures::spans_sql).await?;
     if !answer.usable {
