@@ -8,19 +8,19 @@
 //! runs it at a time:
 //!
 //! 1. picks the range to hold: closed buckets up to `now - GRACE`, back to
-//!    `keep` before that; at most [`CHUNK`] more at either end per pass;
+//!    `keep` before that; it grows forwards only, at most [`CHUNK`] per
+//!    pass, from `keep` ago at first;
 //! 2. widens the marked range to cover it (its own transaction, which
 //!    waits for every writer that read the old range);
 //! 3. in one REPEATABLE READ snapshot: computes the new buckets of every
-//!    vehicle and the buckets the marks it sees cover, deletes those marks
-//!    and the buckets that left the range, and records the range.
+//!    vehicle and the buckets the marks it sees cover, derives the running
+//!    totals from them on, deletes those marks and the buckets that left
+//!    the range, and records the range.
 //!
 //! The figures of a bucket are what query-api's pieces would read for it:
 //! the vehicle's five-minute rollup, and for each span of a meter on the
 //! vehicle clipped to the bucket, the meter's rollup when it covers the
 //! whole bucket or its raw readings otherwise ([`shared::analytics_sql`]).
-
-use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use shared::analytics_sql::{cut, spans_cte, Cte, PieceRows, Sources};
@@ -35,6 +35,9 @@ pub const CHUNK: TimeDelta = TimeDelta::hours(1);
 /// Most marks handled in one pass; the others wait for the next.
 const MARKS_PER_PASS: i64 = 20_000;
 const WIDTH: TimeDelta = TimeDelta::minutes(5);
+/// How old a chain of running totals grows before it starts again at the
+/// range's first bucket (see [`compute_statement`]).
+const REANCHOR_AFTER: TimeDelta = TimeDelta::days(1);
 /// `pg_try_advisory_lock` key of the pass ("figures" in ASCII).
 const LOCK_KEY: i64 = 0x0066_6967_7572_6573;
 
@@ -163,23 +166,21 @@ async fn locked_pass(
 ) -> Result<Pass, sqlx::Error> {
     let wanted = wanted_range(now, keep);
     let held = read_range(conn, "summarised").await?;
-    // Where the range grows from: what is held, or, at first, nothing at
-    // the newest closed bucket (filled backwards from there).
-    let start = held.unwrap_or(Range {
-        after: wanted.through,
-        through: wanted.through,
-    });
+    // Where the range grows from: what is held, or, at first (or when what
+    // is held has all left the range), nothing at the range's start. It
+    // grows forwards only, so that each new bucket's totals follow the
+    // previous bucket's; a range kept longer than before fills in as time
+    // passes.
+    let start = match held {
+        Some(held) if held.through >= wanted.after => held,
+        _ => Range {
+            after: wanted.after,
+            through: wanted.after,
+        },
+    };
     let next = Range {
-        through: if start.through < wanted.through {
-            wanted.through.min(start.through + CHUNK)
-        } else {
-            start.through
-        },
-        after: if start.after > wanted.after {
-            wanted.after.max(start.after - CHUNK)
-        } else {
-            wanted.after
-        },
+        through: start.through.max(wanted.through.min(start.through + CHUNK)),
+        after: start.after.max(wanted.after),
     };
     // The marked range covers what is held and what is about to be.
     let marked = held.map_or(next, |held| Range {
@@ -228,13 +229,11 @@ async fn locked_pass(
         .bind(&marks)
         .execute(&mut *tx)
         .await?;
-    // Buckets and hours that are not wholly in the range any more.
-    sqlx::query(
-        "DELETE FROM vehicle_figures WHERE bucket_end - make_interval(mins => minutes) < $1",
-    )
-    .bind(next.after)
-    .execute(&mut *tx)
-    .await?;
+    // Buckets that left the range.
+    sqlx::query("DELETE FROM vehicle_figures WHERE bucket_end <= $1")
+        .bind(next.after)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("UPDATE figure_ranges SET after = $1, through = $2 WHERE name = 'summarised'")
         .bind(next.after)
         .bind(next.through)
@@ -251,8 +250,7 @@ async fn locked_pass(
 }
 
 /// Runs [`compute_statement`] for a pass from `start` to `next` with
-/// `marks`, then sums the hours of the buckets it wrote
-/// ([`HOURS_STATEMENT`]); returns how many vehicle buckets it wrote.
+/// `marks`; returns how many vehicle buckets it computed.
 async fn compute(
     conn: &mut PgConnection,
     sources: &Sources,
@@ -260,73 +258,33 @@ async fn compute(
     next: Range,
     marks: &[i64],
 ) -> Result<u64, sqlx::Error> {
-    // New buckets: forward (start.through, next.through], backward
-    // (next.after, start.after].
-    let written: Vec<(String, DateTime<Utc>)> = sqlx::query_as(&compute_statement(sources))
+    let (computed, written): (i64, i64) = sqlx::query_as(&compute_statement(sources))
         .bind(start.through)
         .bind(next.through)
-        .bind(next.after)
-        .bind(start.after.max(next.after))
         .bind(marks)
         .bind(next.after)
-        .bind(next.through)
-        .fetch_all(&mut *conn)
+        .bind(REANCHOR_AFTER)
+        .fetch_one(&mut *conn)
         .await?;
-    let hours: BTreeSet<(&str, DateTime<Utc>)> = written
-        .iter()
-        .map(|(vehicle, hour_end)| (vehicle.as_str(), *hour_end))
-        .collect();
-    let (vehicles, hour_ends): (Vec<&str>, Vec<DateTime<Utc>>) = hours.into_iter().unzip();
-    sqlx::query(HOURS_STATEMENT)
-        .bind(vehicles)
-        .bind(hour_ends)
-        .execute(&mut *conn)
-        .await?;
-    Ok(written.len() as u64)
+    tracing::debug!(computed, written, "figures computed");
+    Ok(computed as u64)
 }
 
-/// The hourly figures of `$1` vehicles' `$2` hours, from their five-minute
-/// figures: written when all twelve buckets are held, deleted otherwise.
-const HOURS_STATEMENT: &str = "
-WITH hours AS (
-    SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS h(vehicle_id, hour_end)
-),
-sums AS (
-    SELECT h.vehicle_id, h.hour_end, count(*) AS buckets,
-           sum(f.vehicle_readings)::bigint AS vehicle_readings, sum(f.sum_dc) AS sum_dc,
-           sum(f.sum_battery_temp) AS sum_battery_temp,
-           sum(f.meter_readings)::bigint AS meter_readings, sum(f.sum_ac) AS sum_ac,
-           (SELECT array_agg(DISTINCT m ORDER BY m) FROM vehicle_figures g, unnest(g.meters) m
-             WHERE g.vehicle_id = h.vehicle_id AND g.minutes = 5
-               AND g.bucket_end > h.hour_end - interval '1 hour' AND g.bucket_end <= h.hour_end) AS meters,
-           (SELECT array_agg(DISTINCT m COLLATE \"C\" ORDER BY m COLLATE \"C\") FROM vehicle_figures g, unnest(g.meter_ids) m
-             WHERE g.vehicle_id = h.vehicle_id AND g.minutes = 5
-               AND g.bucket_end > h.hour_end - interval '1 hour' AND g.bucket_end <= h.hour_end) AS meter_ids
-    FROM hours h
-    JOIN vehicle_figures f ON f.vehicle_id = h.vehicle_id AND f.minutes = 5
-     AND f.bucket_end > h.hour_end - interval '1 hour' AND f.bucket_end <= h.hour_end
-    GROUP BY h.vehicle_id, h.hour_end
-),
-incomplete AS (
-    DELETE FROM vehicle_figures d USING hours h
-    WHERE d.vehicle_id = h.vehicle_id AND d.minutes = 60 AND d.bucket_end = h.hour_end
-      AND NOT EXISTS (SELECT FROM sums s
-                       WHERE s.vehicle_id = h.vehicle_id AND s.hour_end = h.hour_end AND s.buckets = 12)
-)
-INSERT INTO vehicle_figures AS f (vehicle_id, minutes, bucket_end, vehicle_readings, sum_dc,
-    sum_battery_temp, meter_readings, sum_ac, meters, meter_ids)
-SELECT vehicle_id, 60, hour_end, vehicle_readings, sum_dc, sum_battery_temp, meter_readings, sum_ac,
-       coalesce(meters, '{}'), coalesce(meter_ids, '{}')
-FROM sums WHERE buckets = 12
-ON CONFLICT (vehicle_id, minutes, bucket_end) DO UPDATE SET
-    vehicle_readings = EXCLUDED.vehicle_readings, sum_dc = EXCLUDED.sum_dc,
-    sum_battery_temp = EXCLUDED.sum_battery_temp, meter_readings = EXCLUDED.meter_readings,
-    sum_ac = EXCLUDED.sum_ac, meters = EXCLUDED.meters, meter_ids = EXCLUDED.meter_ids";
-
-/// Computes and upserts the figures of the new buckets and the marked ones:
-/// `$1`/`$2` forward and `$3`/`$4` backward new bucket ends `(after,
-/// through]` (of every vehicle with a current state), `$5` the marks' ids,
-/// `$6`/`$7` the range after the pass.
+/// Computes the figures of the new buckets and the marked ones and writes
+/// them with every row after them whose totals they move: `$1`/`$2` the
+/// new bucket ends `(after, through]` (of every vehicle with a current
+/// state), `$3` the marks' ids, `$4`/`$2` the range after the pass, `$5`
+/// how old a chain may grow before its totals start again from the range's
+/// first bucket. Returns the buckets computed and the rows written.
+///
+/// Totals (the migration `figures_running_totals`): for each vehicle, its
+/// rows from its first computed bucket on are derived again, in runs of
+/// consecutive buckets; the run starting there continues the chain of the
+/// vehicle's row just before it when that row is kept, every other run
+/// starts a chain. A chain older than `$5` (plus a spread per vehicle, so
+/// that vehicles filled together do not all start again in one pass)
+/// starts again at the range's first bucket: the totals stay sums of a
+/// few days, whose differences lose nothing a kWh figure needs.
 fn compute_statement(sources: &Sources) -> String {
     let bucket_intervals = "SELECT s.vehicle_id, s.meter_id, p.bucket_end,
                GREATEST(p.bucket_end - interval '5 minutes', s.starts_at - interval '1 microsecond') AS lo,
@@ -344,29 +302,44 @@ fn compute_statement(sources: &Sources) -> String {
         bucket_columns:
             "c.vehicle_id, c.bucket_end, c.meter_id, x.readings::bigint AS n, x.sum_ac AS ac",
     };
+    let totals = FIGURE_SUMS
+        .iter()
+        .map(|(figure, total)| {
+            format!(
+                "CASE WHEN b.bucket_end = r.run THEN b.{total} ELSE 0 END
+               + sum(r.{figure}) OVER upto AS {total}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n           ");
+    let figure_columns = FIGURE_COLUMNS.join(", ");
+    let derived_columns = DERIVED_COLUMNS.join(", ");
+    let updates = FIGURE_COLUMNS
+        .iter()
+        .chain(DERIVED_COLUMNS)
+        .map(|column| format!("{column} = EXCLUDED.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "WITH pairs AS MATERIALIZED (
     SELECT v.vehicle_id, b.bucket_end
     FROM vehicles_current v
-    CROSS JOIN (
-        SELECT generate_series($1::timestamptz + interval '5 minutes', $2::timestamptz, interval '5 minutes') AS bucket_end
-        UNION ALL
-        SELECT generate_series($3::timestamptz + interval '5 minutes', $4::timestamptz, interval '5 minutes')
-    ) b
+    CROSS JOIN generate_series($1::timestamptz + interval '5 minutes', $2::timestamptz,
+                               interval '5 minutes') AS b(bucket_end)
     UNION
     SELECT k.device_id, b.bucket_end
     FROM figure_marks k
     CROSS JOIN LATERAL generate_series(
-        GREATEST(k.from_end, $6::timestamptz + interval '5 minutes'),
-        LEAST(k.to_end, $7::timestamptz), interval '5 minutes') AS b(bucket_end)
-    WHERE k.id = ANY($5) AND k.device_kind = 'v'
+        GREATEST(k.from_end, $4::timestamptz + interval '5 minutes'),
+        LEAST(k.to_end, $2::timestamptz), interval '5 minutes') AS b(bucket_end)
+    WHERE k.id = ANY($3) AND k.device_kind = 'v'
     UNION
     SELECT f.vehicle_id, f.bucket_end
     FROM figure_marks k
     JOIN vehicle_figures f ON f.meters @> ARRAY[k.device_id]
-    WHERE k.id = ANY($5) AND k.device_kind = 'm' AND f.minutes = 5
+    WHERE k.id = ANY($3) AND k.device_kind = 'm'
       AND f.bucket_end >= k.from_end AND f.bucket_end <= k.to_end
-      AND f.bucket_end > $6 AND f.bucket_end <= $7
+      AND f.bucket_end > $4 AND f.bucket_end <= $2
 ),
 wanted AS (
     SELECT vehicle_id, min(bucket_end) - interval '5 minutes' AS lo, max(bucket_end) AS hi
@@ -393,27 +366,167 @@ spanned AS (
                  AND bool_and(lo = bucket_end - interval '5 minutes' AND hi = bucket_end)
                 THEN min(meter_id) END AS whole_meter
     FROM bucket_cut GROUP BY vehicle_id, bucket_end
+),
+fresh AS MATERIALIZED (
+    SELECT p.vehicle_id, p.bucket_end, coalesce(v.readings, 0)::bigint AS vehicle_readings,
+           coalesce(v.sum_dc, 0)::float8 AS sum_dc,
+           coalesce(v.sum_battery_temp, 0)::float8 AS sum_battery_temp,
+           coalesce(m.n, 0)::bigint AS meter_readings, coalesce(m.ac, 0)::float8 AS sum_ac,
+           coalesce(s.meters, '{{}}') AS meters, coalesce(m.meter_ids, '{{}}') AS meter_ids,
+           -- No span touches the bucket: no meter counts in it.
+           CASE WHEN s.meters IS NULL THEN '' ELSE s.whole_meter END AS whole_meter
+    FROM pairs p
+    LEFT JOIN {vehicle_5min} v ON v.vehicle_id = p.vehicle_id AND v.bucket_end = p.bucket_end
+    LEFT JOIN meters m ON m.vehicle_id = p.vehicle_id AND m.bucket_end = p.bucket_end
+    LEFT JOIN spanned s ON s.vehicle_id = p.vehicle_id AND s.bucket_end = p.bucket_end
+),
+-- Where each vehicle's rows are derived again: its first computed bucket,
+-- or the range's first when its chain has grown old.
+starts AS MATERIALIZED (
+    SELECT vehicle_id, min(from_end) AS from_end FROM (
+        SELECT vehicle_id, min(bucket_end) AS from_end FROM fresh GROUP BY vehicle_id
+        UNION ALL
+        SELECT f.vehicle_id, f.bucket_end FROM vehicle_figures f
+        WHERE f.bucket_end = $4::timestamptz + interval '5 minutes'
+          AND f.chain_from < $4 - $5::interval
+                             - (hashtext(f.vehicle_id) & 255) * interval '5 minutes'
+    ) s GROUP BY vehicle_id
+),
+-- Every row from there on: computed now, or kept with totals to move.
+affected AS (
+    SELECT vehicle_id, bucket_end, {figure_columns} FROM fresh
+    UNION ALL
+    SELECT h.vehicle_id, h.bucket_end, {held_figure_columns}
+    FROM starts s JOIN vehicle_figures h ON h.vehicle_id = s.vehicle_id AND h.bucket_end >= s.from_end
+    WHERE NOT EXISTS (SELECT FROM fresh f WHERE f.vehicle_id = h.vehicle_id AND f.bucket_end = h.bucket_end)
+),
+-- The kept row just before each start, whose chain the first run continues.
+base AS MATERIALIZED (
+    SELECT b.* FROM starts s JOIN vehicle_figures b
+      ON b.vehicle_id = s.vehicle_id AND b.bucket_end = s.from_end - interval '5 minutes'
+    WHERE b.bucket_end > $4
+),
+-- Runs of consecutive buckets: `run` is equal within one, and equal to
+-- the base's bucket for the run that continues it.
+runs AS (
+    SELECT a.*, a.bucket_end - row_number() OVER (PARTITION BY a.vehicle_id ORDER BY a.bucket_end)
+                               * interval '5 minutes' AS run
+    FROM affected a
+),
+totals AS MATERIALIZED (
+    SELECT r.*,
+           CASE WHEN b.bucket_end = r.run THEN b.chain_from ELSE min(r.bucket_end) OVER whole_run END
+               AS chain_from,
+           {totals}
+    FROM runs r LEFT JOIN base b ON b.vehicle_id = r.vehicle_id
+    WINDOW whole_run AS (PARTITION BY r.vehicle_id, r.run),
+           upto AS (PARTITION BY r.vehicle_id, r.run ORDER BY r.bucket_end)
+),
+-- The base's meters still in the range, for the run continuing it.
+base_meters AS (
+    SELECT b.vehicle_id, b.bucket_end AS run, m.meter_id, m.spanned_at, m.counted_at
+    FROM base b
+    CROSS JOIN LATERAL unnest(b.recent_meters, b.spanned_at, b.counted_at)
+        AS m(meter_id, spanned_at, counted_at)
+    WHERE m.spanned_at > $4
+),
+run_meters AS (
+    SELECT DISTINCT vehicle_id, run, meter_id FROM (
+        SELECT vehicle_id, run, unnest(meters) AS meter_id FROM totals
+        UNION ALL
+        SELECT vehicle_id, run, meter_id FROM base_meters
+    ) named
+),
+-- For each row and meter of its run: the last bucket up to the row its
+-- spans touched and the last its readings counted in.
+lasts AS (
+    SELECT t.vehicle_id, t.bucket_end, rm.meter_id,
+           GREATEST(bm.spanned_at,
+                    max(CASE WHEN rm.meter_id = ANY (t.meters) THEN t.bucket_end END) OVER upto)
+               AS spanned_at,
+           GREATEST(bm.counted_at,
+                    max(CASE WHEN rm.meter_id = ANY (t.meter_ids) THEN t.bucket_end END) OVER upto)
+               AS counted_at
+    FROM totals t
+    JOIN run_meters rm ON rm.vehicle_id = t.vehicle_id AND rm.run = t.run
+    LEFT JOIN base_meters bm
+      ON bm.vehicle_id = t.vehicle_id AND bm.run = t.run AND bm.meter_id = rm.meter_id
+    WINDOW upto AS (PARTITION BY t.vehicle_id, t.run, rm.meter_id ORDER BY t.bucket_end)
+),
+recent AS (
+    SELECT vehicle_id, bucket_end,
+           array_agg(meter_id ORDER BY meter_id) AS recent_meters,
+           array_agg(spanned_at ORDER BY meter_id) AS spanned_at,
+           array_agg(counted_at ORDER BY meter_id) AS counted_at
+    FROM lasts WHERE spanned_at IS NOT NULL
+    GROUP BY vehicle_id, bucket_end
+),
+written AS (
+    INSERT INTO vehicle_figures AS f (vehicle_id, bucket_end, {figure_columns}, {derived_columns})
+    SELECT t.vehicle_id, t.bucket_end, {totals_figure_columns},
+           t.chain_from, {totals_total_columns},
+           coalesce(m.recent_meters, '{{}}'), coalesce(m.spanned_at, '{{}}'),
+           coalesce(m.counted_at, '{{}}')
+    FROM totals t LEFT JOIN recent m ON m.vehicle_id = t.vehicle_id AND m.bucket_end = t.bucket_end
+    ON CONFLICT (vehicle_id, bucket_end) DO UPDATE SET {updates}
+    RETURNING 1
 )
-INSERT INTO vehicle_figures AS f (vehicle_id, minutes, bucket_end, vehicle_readings, sum_dc,
-    sum_battery_temp, meter_readings, sum_ac, meters, meter_ids, whole_meter)
-SELECT p.vehicle_id, 5, p.bucket_end, coalesce(v.readings, 0), coalesce(v.sum_dc, 0),
-       coalesce(v.sum_battery_temp, 0), coalesce(m.n, 0), coalesce(m.ac, 0),
-       coalesce(s.meters, '{{}}'), coalesce(m.meter_ids, '{{}}'), s.whole_meter
-FROM pairs p
-LEFT JOIN {vehicle_5min} v ON v.vehicle_id = p.vehicle_id AND v.bucket_end = p.bucket_end
-LEFT JOIN meters m ON m.vehicle_id = p.vehicle_id AND m.bucket_end = p.bucket_end
-LEFT JOIN spanned s ON s.vehicle_id = p.vehicle_id AND s.bucket_end = p.bucket_end
-ON CONFLICT (vehicle_id, minutes, bucket_end) DO UPDATE SET
-    vehicle_readings = EXCLUDED.vehicle_readings, sum_dc = EXCLUDED.sum_dc,
-    sum_battery_temp = EXCLUDED.sum_battery_temp, meter_readings = EXCLUDED.meter_readings,
-    sum_ac = EXCLUDED.sum_ac, meters = EXCLUDED.meters, meter_ids = EXCLUDED.meter_ids,
-    whole_meter = EXCLUDED.whole_meter
-RETURNING f.vehicle_id, energy_hour_end(f.bucket_end)",
+SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM written)",
         spans = spans_cte("w.lo", "w.hi", Cte::Inline),
         bucket_cut = cut(bucket_intervals, "false"),
         meter_rows = meter_rows.union_all(),
         vehicle_5min = sources.vehicle_5min,
+        held_figure_columns = prefixed("h", FIGURE_COLUMNS),
+        totals_figure_columns = prefixed("t", FIGURE_COLUMNS),
+        totals_total_columns = prefixed(
+            "t",
+            &FIGURE_SUMS.iter().map(|(_, total)| *total).collect::<Vec<_>>()
+        ),
     )
+}
+
+/// A bucket's own figures, as stored.
+const FIGURE_COLUMNS: &[&str] = &[
+    "vehicle_readings",
+    "sum_dc",
+    "sum_battery_temp",
+    "meter_readings",
+    "sum_ac",
+    "meters",
+    "meter_ids",
+    "whole_meter",
+];
+
+/// Each summed figure and its running total's column.
+const FIGURE_SUMS: &[(&str, &str)] = &[
+    ("vehicle_readings", "total_vehicle_readings"),
+    ("sum_dc", "total_dc"),
+    ("sum_battery_temp", "total_battery_temp"),
+    ("meter_readings", "total_meter_readings"),
+    ("sum_ac", "total_ac"),
+];
+
+/// The columns derived over a chain, in the order [`compute_statement`]
+/// writes them.
+const DERIVED_COLUMNS: &[&str] = &[
+    "chain_from",
+    "total_vehicle_readings",
+    "total_dc",
+    "total_battery_temp",
+    "total_meter_readings",
+    "total_ac",
+    "recent_meters",
+    "spanned_at",
+    "counted_at",
+];
+
+/// `alias.column, …`.
+fn prefixed(alias: &str, columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -1,19 +1,19 @@
-//! The 24-hour answer read from the worker's per-vehicle figures: whole
-//! buckets and hours of the window's middle with the meters' energy
-//! already attributed (the migration `vehicle_figures`, ingest-worker's
+//! The 24-hour answer read from the worker's per-vehicle figures: the
+//! window's middle as the difference of two rows of running totals (the
+//! migrations `vehicle_figures` and `figures_running_totals`, ingest-worker's
 //! `figures.rs`), and only the window's two raw edges read here.
 //!
-//! The figures are used only when they answer exactly: every bucket of the
-//! middle `(a5, m]` is held (`a5` the window's first five-minute boundary,
-//! `m` its last one or the last summarised, whichever is earlier), none of
-//! them is marked stale for the vehicle or a meter that could count for it,
-//! and the tail `(m, to]` is at most an hour (`m` is the vehicle's
-//! newest five-minute figure: the worker writes every vehicle's buckets
-//! together, and removes those leaving the range in the same transaction). The marks are written in the
-//! same transactions as the readings and assignments that make them, so a
-//! snapshot that sees a change sees its mark. Otherwise the statement says
-//! so (`usable` false) and the pieces statement ([`crate::performance`])
-//! answers.
+//! The figures are used only when they answer exactly: the rows of the
+//! bucket holding the window's start (`a5`, its first five-minute
+//! boundary) and of the vehicle's newest summarised bucket at or before
+//! its end (`m`) are held and belong to the same chain (no bucket missing
+//! between them), no mark makes the buckets `[a5, m]` stale for the
+//! vehicle or a meter that could count for it, and the tail `(m, to]` is at
+//! most an hour (the worker writes every vehicle's buckets together). The
+//! marks are written in the same transactions as the readings and
+//! assignments that make them, so a snapshot that sees a change sees its
+//! mark. Otherwise the statement returns no row and the pieces statement
+//! ([`crate::performance`]) answers.
 //!
 //! Which meter counts at the two raw edges is read from the figures too
 //! when it can be ([`sql`]): the bucket holding the head names the one
@@ -22,29 +22,13 @@
 //! or of that meter starts after it. Otherwise ([`spans_sql`]) the edges'
 //! meters are resolved from the vehicle's assignments, as the pieces
 //! statement does.
+//!
+//! The meters counted in the middle (`meterIds`) are those whose readings
+//! last counted after `a5`, from the newest row ([`MiddleMeters`]).
+
+use chrono::{DateTime, Utc};
 
 use crate::sql::{spans_cte, Cte, Sources};
-
-/// `grid(a5, m, a60, b60)`: the middle `(a5, m]` of a window ending at `to`
-/// read from a preceding `bounds(a5, m)`, and its whole hours `(a60, b60]`
-/// (`a60 = b60 = m` when it holds none). Empty when the figures cannot
-/// answer: no bucket in the middle, a tail of more than an hour (figures
-/// behind), or `condition` (over `g`) false.
-fn grid_cte(to: &str, condition: &str) -> String {
-    format!(
-        "grid AS MATERIALIZED (
-    SELECT g.a5, g.m,
-           CASE WHEN h.a60 < h.b60 THEN h.a60 ELSE g.m END AS a60,
-           CASE WHEN h.a60 < h.b60 THEN h.b60 ELSE g.m END AS b60
-    FROM bounds g
-    CROSS JOIN LATERAL (
-        SELECT energy_bucket_end(g.a5, interval '1 hour') AS a60,
-               energy_bucket_start(g.m, interval '1 hour') AS b60
-    ) h
-    WHERE g.a5 < g.m AND {to} - g.m <= interval '1 hour' AND {condition}
-)"
-    )
-}
 
 /// `clipped(vehicle_id, meter_id, lo, hi)`: each span of the preceding
 /// `spans` clipped to each of the preceding `edges(lo, hi)`, empty ones left
@@ -59,76 +43,45 @@ const CLIPPED_CTE: &str = "clipped AS MATERIALIZED (
     WHERE lo < hi
 )";
 
-/// The figures of `vehicle` (an SQL expression) over the middle of grid
-/// `g`: buckets up to the first whole hour, the whole hours, buckets after
-/// them; `buckets` counts five-minute buckets (12 for an hour).
-fn held_rows(vehicle: &str) -> String {
-    let range = |buckets: u32, minutes: u32, lo: &str, hi: &str| {
-        format!(
-            "SELECT {buckets} AS buckets, f.vehicle_readings, f.sum_dc, f.sum_battery_temp,
-               f.meter_readings, f.sum_ac, f.meters, f.meter_ids
-        FROM vehicle_figures f
-        WHERE f.vehicle_id = {vehicle} AND f.minutes = {minutes}
-          AND f.bucket_end > g.{lo} AND f.bucket_end <= g.{hi}"
-        )
-    };
-    [
-        range(1, 5, "a5", "a60"),
-        range(12, 60, "a60", "b60"),
-        range(1, 5, "b60", "m"),
-    ]
-    .join("\n        UNION ALL\n        ")
+/// `t` and `h`: the vehicle's (`$1`) newest row at or before the end of a
+/// window (`$3`) and the row of the bucket holding its start (`$2`), when
+/// they are of one chain and the tail after `t` is at most an hour.
+const MIDDLE_ROWS: &str = "(
+    SELECT f.bucket_end, f.chain_from, f.whole_meter, f.total_vehicle_readings, f.total_dc,
+           f.total_battery_temp, f.total_meter_readings, f.total_ac, f.recent_meters, f.counted_at
+    FROM vehicle_figures f
+    WHERE f.vehicle_id = $1 AND f.bucket_end <= energy_bucket_start($3, interval '5 minutes')
+    ORDER BY f.bucket_end DESC LIMIT 1
+) t
+JOIN vehicle_figures h
+  ON h.vehicle_id = $1 AND h.bucket_end = energy_bucket_end($2, interval '5 minutes')
+ AND h.bucket_end <= t.bucket_end AND h.chain_from = t.chain_from";
+
+/// No mark makes the buckets `[h, t]` stale for vehicle `$1` or for a
+/// meter that could count for it there (the newest row's recent meters:
+/// those of every kept bucket of its chain, a superset), and the tail is at
+/// most an hour.
+const HELD: &str = "$3 - t.bucket_end <= interval '1 hour'
+  AND NOT EXISTS (
+      SELECT FROM figure_marks k
+      WHERE k.from_end <= t.bucket_end AND k.to_end >= h.bucket_end
+        AND ((k.device_kind = 'v' AND k.device_id = $1)
+             OR (k.device_kind = 'm' AND k.device_id = ANY (t.recent_meters))))";
+
+/// `name`: the difference of running total `column` between `t` and `h`.
+fn middle(column: &str) -> String {
+    format!("(t.{column} - h.{column})")
 }
-
-/// The marks that make the figures of vehicle `$1` over `[o.a5, o.m]`
-/// stale: its own, and those of the meters named in `meters` (an SQL
-/// array of the meters its figures there could count from).
-fn unmarked(meters: &str) -> String {
-    format!(
-        "NOT EXISTS (
-          SELECT FROM figure_marks k
-          WHERE k.device_kind = 'v' AND k.device_id = $1
-            AND k.from_end <= o.m AND k.to_end >= o.a5)
-      AND NOT EXISTS (
-          SELECT FROM figure_marks k
-          WHERE k.device_kind = 'm' AND k.device_id = ANY ({meters})
-            AND k.from_end <= o.m AND k.to_end >= o.a5)"
-    )
-}
-
-/// The columns of an answer from `middle` (`n`, `dc`, `temp`, `meter_n`,
-/// `ac` or NULL when the figures cannot answer), `vehicle_edges` (one row
-/// `n`, `dc`, `temp`), `meter_edges` (`meter_id`, `n`, `ac`) and `held`.
-const ANSWER_COLUMNS: &str = "SELECT EXISTS (SELECT FROM middle) AS usable,
-       v.n + coalesce(mid.n, 0) AS vehicle_readings, v.dc + coalesce(mid.dc, 0) AS sum_dc,
-       CASE WHEN v.n + coalesce(mid.n, 0) > 0
-            THEN (v.temp + coalesce(mid.temp, 0)) / (v.n + coalesce(mid.n, 0)) END AS avg_battery_temp,
-       (SELECT coalesce(sum(n), 0)::bigint FROM meter_edges) + coalesce(mid.meter_n, 0) AS meter_readings,
-       (SELECT coalesce(sum(ac), 0) FROM meter_edges) + coalesce(mid.ac, 0) AS sum_ac,
-       ARRAY(SELECT meter_id FROM (
-                 SELECT meter_id FROM meter_edges WHERE n > 0
-                 UNION
-                 SELECT unnest(meter_ids) FROM held
-             ) counted ORDER BY meter_id COLLATE \"C\") AS meter_ids
-FROM vehicle_edges v LEFT JOIN middle mid ON true";
-
-/// The sums of the middle's figures, `h(buckets, n, dc, temp, meter_n, ac)`.
-const HELD_SUMS: &str = "(
-        SELECT sum(buckets) AS buckets, sum(vehicle_readings)::bigint AS n, sum(sum_dc) AS dc,
-               sum(sum_battery_temp) AS temp, sum(meter_readings)::bigint AS meter_n,
-               sum(sum_ac) AS ac
-        FROM held
-    ) h";
 
 /// The figures statement with the edges' meters read from the figures (see
 /// the module's doc): `$1` vehicle, `$2`/`$3` window; `head` names the raw
 /// partitions of `($2, $2 + 5 min]`, `tail` those of `($3 - 1 h, $3]`.
-/// Columns: `usable`, `middle_held`, then those of the pieces statement.
-/// Not usable but `middle_held` when only the edges' meters are not known
-/// here, and [`spans_sql`] may answer: an edge's bucket without
-/// `whole_meter` (a span starts or ends in it, or it was written before
-/// the column), or an assignment of the vehicle or of the tail's meter
-/// starting in the tail. Otherwise the figures do not hold the window.
+/// No row when the figures do not hold the window's middle; a row whose
+/// `head_meter` or `tail_meter` is NULL when only the edges' meters are
+/// not known here, and [`spans_sql`] may answer: an edge's bucket without
+/// a `whole_meter` (a span starts or ends in it, or several touch it), or
+/// an assignment of the vehicle or of the tail's meter starting in the
+/// tail. Columns: those of [`Figures`] and [`EdgeMeters`].
 ///
 /// The head's bucket `a5` is checked for marks with the middle: an
 /// assignment that changes who owns it marks the vehicle, or the meter
@@ -137,89 +90,56 @@ const HELD_SUMS: &str = "(
 /// relations, where PostgreSQL's locks leave the backend's fast path
 /// (BENCHMARKS.md), and it is cheap enough to run again.
 pub fn sql(head: &Sources, tail: &Sources) -> String {
+    let n = format!("({} + hv.n + tv.n)", middle("total_vehicle_readings"));
     format!(
-        "WITH tail AS MATERIALIZED (
-    SELECT f.bucket_end, f.meters, f.whole_meter FROM vehicle_figures f
-    WHERE f.vehicle_id = $1 AND f.minutes = 5
-      AND f.bucket_end <= energy_bucket_start($3, interval '5 minutes')
-    ORDER BY f.bucket_end DESC LIMIT 1
-),
-bounds AS MATERIALIZED (
-    SELECT energy_bucket_end($2, interval '5 minutes') AS a5, (SELECT bucket_end FROM tail) AS m
-),
-{grid},
-head AS MATERIALIZED (
-    SELECT f.meters, f.whole_meter FROM grid g JOIN vehicle_figures f
-      ON f.vehicle_id = $1 AND f.minutes = 5 AND f.bucket_end = g.a5
-),
-held AS MATERIALIZED (
-    SELECT r.* FROM grid g CROSS JOIN LATERAL (
-        {held}
-    ) r
-),
+        "SELECT h.bucket_end AS head_end, o.head_meter, o.tail_meter,
+       {n} AS vehicle_readings,
+       {dc} + hv.dc + tv.dc AS sum_dc,
+       CASE WHEN {n} > 0 THEN ({temp} + hv.temp + tv.temp) / {n} END AS avg_battery_temp,
+       {meter_n} + hm.n + tm.n AS meter_readings,
+       {ac} + hm.ac + tm.ac AS sum_ac,
+       array_remove(ARRAY[CASE WHEN hm.n > 0 THEN o.head_meter END,
+                          CASE WHEN tm.n > 0 THEN o.tail_meter END], NULL) AS edge_meter_ids,
+       t.recent_meters, t.counted_at
+FROM {rows}
 -- The meter counting throughout each edge: '' none, NULL not known here.
-owners AS MATERIALIZED (
-    SELECT g.a5, g.m,
-           CASE WHEN g.a5 = $2 OR cardinality(h.meters) = 0 THEN ''
-                ELSE h.whole_meter END AS head_meter,
-           CASE WHEN EXISTS (SELECT FROM assignments a
-                              WHERE a.vehicle_id = $1 AND a.starts_at > g.m AND a.starts_at <= $3)
-                THEN NULL
-                WHEN cardinality(t.meters) = 0 THEN ''
-                WHEN NOT EXISTS (SELECT FROM assignments a
-                                  WHERE a.meter_id = t.whole_meter AND a.vehicle_id <> $1
-                                    AND a.starts_at > g.m AND a.starts_at <= $3)
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN h.bucket_end = $2 THEN '' ELSE h.whole_meter END AS head_meter,
+           CASE WHEN NOT EXISTS (
+                    SELECT FROM assignments a
+                    WHERE (a.vehicle_id = $1 OR a.meter_id = t.whole_meter)
+                      AND a.starts_at > t.bucket_end AND a.starts_at <= $3)
                 THEN t.whole_meter END AS tail_meter
-    FROM grid g CROSS JOIN tail t LEFT JOIN head h ON true
-),
-middle AS MATERIALIZED (
-    SELECT o.a5, o.m, o.head_meter, o.tail_meter, h.n, h.dc, h.temp, h.meter_n, h.ac
-    FROM owners o, {held_sums}
-    WHERE h.buckets = (extract(epoch FROM o.m - o.a5) / 300)::bigint
-      AND {unmarked}
-),
-one AS (SELECT)
-SELECT d.head_meter IS NOT NULL AND d.tail_meter IS NOT NULL AS usable,
-       d.a5 IS NOT NULL AS middle_held,
-       hv.n + tv.n + coalesce(d.n, 0) AS vehicle_readings,
-       hv.dc + tv.dc + coalesce(d.dc, 0) AS sum_dc,
-       CASE WHEN hv.n + tv.n + coalesce(d.n, 0) > 0
-            THEN (hv.temp + tv.temp + coalesce(d.temp, 0)) / (hv.n + tv.n + coalesce(d.n, 0))
-       END AS avg_battery_temp,
-       hm.n + tm.n + coalesce(d.meter_n, 0) AS meter_readings,
-       hm.ac + tm.ac + coalesce(d.ac, 0) AS sum_ac,
-       ARRAY(SELECT DISTINCT meter_id COLLATE \"C\" FROM (
-                 SELECT unnest(meter_ids) AS meter_id FROM held
-                 UNION ALL SELECT d.head_meter WHERE hm.n > 0
-                 UNION ALL SELECT d.tail_meter WHERE tm.n > 0
-             ) counted ORDER BY 1) AS meter_ids
-FROM one LEFT JOIN middle d ON true
+) o
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, coalesce(sum(x.kwh_delivered_dc), 0) AS dc,
            coalesce(sum(x.battery_temp), 0) AS temp
     FROM {head_vehicle} x
-    WHERE x.vehicle_id = $1 AND x.recorded_at > $2 AND x.recorded_at <= d.a5
+    WHERE x.vehicle_id = $1 AND x.recorded_at > $2 AND x.recorded_at <= h.bucket_end
 ) hv
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, coalesce(sum(x.kwh_delivered_dc), 0) AS dc,
            coalesce(sum(x.battery_temp), 0) AS temp
     FROM {tail_vehicle} x
-    WHERE x.vehicle_id = $1 AND x.recorded_at > d.m AND x.recorded_at <= $3
+    WHERE x.vehicle_id = $1 AND x.recorded_at > t.bucket_end AND x.recorded_at <= $3
 ) tv
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, coalesce(sum(x.kwh_consumed_ac), 0) AS ac
     FROM {head_meter} x
-    WHERE x.meter_id = d.head_meter AND x.recorded_at > $2 AND x.recorded_at <= d.a5
+    WHERE x.meter_id = o.head_meter AND x.recorded_at > $2 AND x.recorded_at <= h.bucket_end
 ) hm
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, coalesce(sum(x.kwh_consumed_ac), 0) AS ac
     FROM {tail_meter} x
-    WHERE x.meter_id = d.tail_meter AND x.recorded_at > d.m AND x.recorded_at <= $3
-) tm",
-        grid = grid_cte("$3", "true"),
-        held = held_rows("$1"),
-        held_sums = HELD_SUMS,
-        unmarked = unmarked("ARRAY(SELECT unnest(meters) FROM held) || (SELECT meters FROM head)"),
+    WHERE x.meter_id = o.tail_meter AND x.recorded_at > t.bucket_end AND x.recorded_at <= $3
+) tm
+WHERE {held}",
+        dc = middle("total_dc"),
+        temp = middle("total_battery_temp"),
+        meter_n = middle("total_meter_readings"),
+        ac = middle("total_ac"),
+        rows = MIDDLE_ROWS,
+        held = HELD,
         head_vehicle = head.vehicle_raw,
         tail_vehicle = tail.vehicle_raw,
         head_meter = head.meter_raw,
@@ -229,28 +149,18 @@ CROSS JOIN LATERAL (
 
 /// The figures statement with the edges' meters resolved from the
 /// vehicle's assignments; `$1` vehicle, `$2`/`$3` window, `sources` the
-/// window's. Columns as [`sql`]'s.
+/// window's. No row when the figures do not hold the middle; columns
+/// those of [`Figures`].
 pub fn spans_sql(sources: &Sources) -> String {
     format!(
         "WITH wanted AS (SELECT $1::text AS vehicle_id),
 {spans},
-bounds AS MATERIALIZED (
-    SELECT energy_bucket_end($2, interval '5 minutes') AS a5,
-           (SELECT max(f.bucket_end) FROM vehicle_figures f
-             WHERE f.vehicle_id = $1 AND f.minutes = 5
-               AND f.bucket_end <= energy_bucket_start($3, interval '5 minutes')) AS m
-),
-{grid},
-held AS MATERIALIZED (
-    SELECT r.* FROM grid g CROSS JOIN LATERAL (
-        {held}
-    ) r
-),
 middle AS MATERIALIZED (
-    SELECT o.a5, o.m, h.n, h.dc, h.temp, h.meter_n, h.ac
-    FROM grid o, {held_sums}
-    WHERE h.buckets = (extract(epoch FROM o.m - o.a5) / 300)::bigint
-      AND {unmarked}
+    SELECT h.bucket_end AS a5, t.bucket_end AS m,
+           {n} AS n, {dc} AS dc, {temp} AS temp, {meter_n} AS meter_n, {ac} AS ac,
+           t.recent_meters, t.counted_at
+    FROM {rows}
+    WHERE {held}
 ),
 edges AS MATERIALIZED (
     SELECT $2::timestamptz AS lo, a5 AS hi FROM middle
@@ -258,7 +168,7 @@ edges AS MATERIALIZED (
     SELECT m, $3::timestamptz FROM middle
 ),
 {clipped},
-meter_edges AS (
+meter_edges AS MATERIALIZED (
     SELECT c.meter_id, count(*) AS n, sum(x.kwh_consumed_ac) AS ac
     FROM clipped c
     JOIN {meter_raw} x ON x.meter_id = c.meter_id AND x.recorded_at > c.lo AND x.recorded_at <= c.hi
@@ -270,17 +180,78 @@ vehicle_edges AS (
     FROM edges e
     JOIN {vehicle_raw} x ON x.vehicle_id = $1 AND x.recorded_at > e.lo AND x.recorded_at <= e.hi
 )
-{answer}",
+SELECT d.a5 AS head_end,
+       d.n + v.n AS vehicle_readings, d.dc + v.dc AS sum_dc,
+       CASE WHEN d.n + v.n > 0 THEN (d.temp + v.temp) / (d.n + v.n) END AS avg_battery_temp,
+       d.meter_n + (SELECT coalesce(sum(n), 0) FROM meter_edges)::bigint AS meter_readings,
+       d.ac + (SELECT coalesce(sum(ac), 0) FROM meter_edges) AS sum_ac,
+       ARRAY(SELECT meter_id FROM meter_edges WHERE n > 0) AS edge_meter_ids,
+       d.recent_meters, d.counted_at
+FROM middle d, vehicle_edges v",
         spans = spans_cte("$2", "$3", Cte::Once),
-        grid = grid_cte("$3", "true"),
+        n = middle("total_vehicle_readings"),
+        dc = middle("total_dc"),
+        temp = middle("total_battery_temp"),
+        meter_n = middle("total_meter_readings"),
+        ac = middle("total_ac"),
+        rows = MIDDLE_ROWS,
+        held = HELD,
         clipped = CLIPPED_CTE,
-        held = held_rows("$1"),
-        held_sums = HELD_SUMS,
-        unmarked = unmarked("ARRAY(SELECT meter_id FROM spans)"),
-        answer = ANSWER_COLUMNS,
         meter_raw = sources.meter_raw,
         vehicle_raw = sources.vehicle_raw,
     )
+}
+
+/// A row of [`sql`] or [`spans_sql`]: the window's figures, middle and
+/// edges summed, and what names the meters that counted.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Figures {
+    /// `a5`: the end of the bucket holding the window's start.
+    pub head_end: DateTime<Utc>,
+    pub vehicle_readings: i64,
+    pub sum_dc: f64,
+    pub avg_battery_temp: Option<f64>,
+    pub meter_readings: i64,
+    pub sum_ac: f64,
+    /// Meters whose readings counted at the raw edges.
+    pub edge_meter_ids: Vec<String>,
+    #[sqlx(flatten)]
+    pub middle_meters: MiddleMeters,
+}
+
+/// [`sql`]'s edges' meters: `None` when not known from the figures.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EdgeMeters {
+    pub head_meter: Option<String>,
+    pub tail_meter: Option<String>,
+}
+
+/// The newest row's recent meters and the last bucket each one's readings
+/// counted in (`None`: not in the chain's kept buckets).
+#[derive(Debug, sqlx::FromRow)]
+pub struct MiddleMeters {
+    pub recent_meters: Vec<String>,
+    pub counted_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl Figures {
+    /// The meters whose readings counted in the window, in byte order:
+    /// those of the edges, and those that counted in the middle
+    /// `(head_end, m]` (their last counted bucket is after `head_end`).
+    pub fn meter_ids(&self) -> Vec<String> {
+        let middle = &self.middle_meters;
+        let mut ids: Vec<String> = middle
+            .recent_meters
+            .iter()
+            .zip(&middle.counted_at)
+            .filter(|(_, counted_at)| counted_at.is_some_and(|at| at > self.head_end))
+            .map(|(meter, _)| meter.clone())
+            .chain(self.edge_meter_ids.iter().cloned())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 /// The fleet view's statement over the figures; `$1`/`$2` the window.
@@ -291,8 +262,10 @@ vehicle_edges AS (
 /// no vehicle when the figures cannot answer the window at all.
 ///
 /// The middle `(a5, m]` is the same for every vehicle (`m` the summarised
-/// range's end: the worker writes every vehicle's buckets together); the
-/// bucket count per vehicle still checks it. A vehicle is stale when a mark
+/// range's end: the worker writes every vehicle's buckets together), the
+/// difference of the vehicle's rows at `m` and `a5` when they are of one
+/// chain (a vehicle new since the last pass has no row at `m`, one that
+/// was not there at `a5` none there). A vehicle is stale when a mark
 /// covers it in the middle, or covers a meter its figures there counted
 /// from (the worker finds the figures a meter's mark touches the same
 /// way). The two edges are read raw, as in [`sql`]: every vehicle's and
@@ -301,22 +274,22 @@ vehicle_edges AS (
 /// five index probes per span and edge).
 pub fn fleet_sql(sources: &Sources) -> String {
     format!(
-        "WITH bounds AS MATERIALIZED (
-    SELECT energy_bucket_end($1, interval '5 minutes') AS a5,
-           LEAST(r.through, energy_bucket_start($2, interval '5 minutes')) AS m, r.after
-    FROM figure_ranges r WHERE r.name = 'summarised'
+        "WITH grid AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT energy_bucket_end($1, interval '5 minutes') AS a5,
+               LEAST(r.through, energy_bucket_start($2, interval '5 minutes')) AS m, r.after
+        FROM figure_ranges r WHERE r.name = 'summarised'
+    ) g
+    WHERE g.after < g.a5 AND g.a5 <= g.m AND $2 - g.m <= interval '1 hour'
 ),
-{grid},
+-- Every vehicle's middle: the difference of its rows at m and at a5 when
+-- they are of one chain (`whole`), NULL without them.
 held AS MATERIALIZED (
-    SELECT v.vehicle_id, h.buckets, h.n, h.dc, h.temp, h.meter_n, h.ac
-    FROM grid g CROSS JOIN vehicles_current v CROSS JOIN LATERAL (
-        SELECT sum(buckets) AS buckets, sum(vehicle_readings)::bigint AS n, sum(sum_dc) AS dc,
-               sum(sum_battery_temp) AS temp, sum(meter_readings)::bigint AS meter_n,
-               sum(sum_ac) AS ac
-        FROM (
-        {held}
-        ) r
-    ) h
+    SELECT v.vehicle_id, h.chain_from = t.chain_from AS whole,
+           {n} AS n, {dc} AS dc, {temp} AS temp, {meter_n} AS meter_n, {ac} AS ac
+    FROM grid g CROSS JOIN vehicles_current v
+    LEFT JOIN vehicle_figures t ON t.vehicle_id = v.vehicle_id AND t.bucket_end = g.m
+    LEFT JOIN vehicle_figures h ON h.vehicle_id = v.vehicle_id AND h.bucket_end = g.a5
 ),
 stale AS MATERIALIZED (
     SELECT k.device_id AS vehicle_id
@@ -327,13 +300,12 @@ stale AS MATERIALIZED (
     FROM grid g JOIN figure_marks k
       ON k.device_kind = 'm' AND k.from_end <= g.m AND k.to_end > g.a5
     JOIN vehicle_figures f
-      ON f.meters @> ARRAY[k.device_id] AND f.minutes = 5
-     AND f.bucket_end >= k.from_end AND f.bucket_end <= k.to_end
+      ON f.meters @> ARRAY[k.device_id] AND f.bucket_end >= k.from_end AND f.bucket_end <= k.to_end
      AND f.bucket_end > g.a5 AND f.bucket_end <= g.m
 ),
 middle AS MATERIALIZED (
-    SELECT h.* FROM held h, grid g
-    WHERE h.buckets = (extract(epoch FROM g.m - g.a5) / 300)::bigint
+    SELECT h.* FROM held h
+    WHERE h.whole
       AND NOT EXISTS (SELECT FROM stale s WHERE s.vehicle_id = h.vehicle_id)
 ),
 edges AS MATERIALIZED (
@@ -375,9 +347,12 @@ FROM (SELECT vehicle_id FROM held UNION SELECT vehicle_id FROM vehicle_edges
 WHERE NOT EXISTS (SELECT FROM middle m WHERE m.vehicle_id = o.vehicle_id)
 UNION ALL
 SELECT NULL, false, 0, 0, NULL, 0, 0 WHERE NOT EXISTS (SELECT FROM grid)",
-        grid = grid_cte("$2", "g.after <= g.a5"),
+        n = middle("total_vehicle_readings"),
+        dc = middle("total_dc"),
+        temp = middle("total_battery_temp"),
+        meter_n = middle("total_meter_readings"),
+        ac = middle("total_ac"),
         clipped = CLIPPED_CTE,
-        held = held_rows("v.vehicle_id"),
         spans = spans_cte("$1", "$2", Cte::Once),
         vehicle_raw = sources.vehicle_raw,
         meter_raw = sources.meter_raw,

@@ -196,17 +196,26 @@ struct KeptRow {
     changes_at: DateTime<Utc>,
 }
 
-/// A row of [`crate::figures::sql`] or [`crate::figures::spans_sql`]:
-/// `row` holds only when `usable`.
+/// A row of [`crate::figures::sql`]: the figures and the edges' meters.
 #[derive(sqlx::FromRow)]
-struct FromFigures {
-    usable: bool,
-    /// [`crate::figures::sql`]'s: whether the figures hold the window's
-    /// middle (so that [`crate::figures::spans_sql`] may answer).
-    #[sqlx(default)]
-    middle_held: bool,
+struct FiguresAndEdgeMeters {
     #[sqlx(flatten)]
-    row: PerformanceRow,
+    figures: crate::figures::Figures,
+    #[sqlx(flatten)]
+    edge_meters: crate::figures::EdgeMeters,
+}
+
+impl From<crate::figures::Figures> for PerformanceRow {
+    fn from(figures: crate::figures::Figures) -> Self {
+        Self {
+            meter_ids: figures.meter_ids(),
+            vehicle_readings: figures.vehicle_readings,
+            sum_dc: figures.sum_dc,
+            avg_battery_temp: figures.avg_battery_temp,
+            meter_readings: figures.meter_readings,
+            sum_ac: figures.sum_ac,
+        }
+    }
 }
 
 /// The window's figures read from the worker's per-vehicle figures
@@ -223,27 +232,33 @@ async fn from_figures(
     let head = Sources::for_window(window.from, window.from + TimeDelta::minutes(5));
     let tail = Sources::for_window(window.to - TimeDelta::hours(1), window.to);
     let parents = Sources::parents();
-    let answer: FromFigures =
+    let answer: Option<FiguresAndEdgeMeters> =
         crate::sql::named_or_parents((head, tail), (parents.clone(), parents), |(head, tail)| {
             let statement = crate::figures::sql(head, tail);
-            async move { fetch_row(pool, &statement, vehicle, window).await }
+            async move { fetch_optional(pool, &statement, vehicle, window).await }
         })
         .await?;
-    if answer.usable {
+    // No row: marked, not summarised yet, or older than the figures kept;
+    // the spans statement reads the same middle, so the pieces answer.
+    let Some(answer) = answer else {
+        return Ok(None);
+    };
+    let edge_meters = &answer.edge_meters;
+    if edge_meters.head_meter.is_some() && edge_meters.tail_meter.is_some() {
         metrics::counter!("energy_query_answers_total", "outcome" => "figures").increment(1);
-        return Ok(Some(answer.row));
+        return Ok(Some(answer.figures.into()));
     }
-    if !answer.middle_held {
-        // Marked, not summarised yet, or older than the figures kept: the
-        // spans statement reads the same middle, so the pieces answer.
+    let answer: Option<crate::figures::Figures> =
+        crate::sql::with_named_partitions(window, |sources| {
+            let statement = crate::figures::spans_sql(sources);
+            async move { fetch_optional(pool, &statement, vehicle, window).await }
+        })
+        .await?;
+    let Some(answer) = answer else {
         return Ok(None);
-    }
-    let answer: FromFigures = one_row(pool, vehicle, window, crate::figures::spans_sql).await?;
-    if !answer.usable {
-        return Ok(None);
-    }
+    };
     metrics::counter!("energy_query_answers_total", "outcome" => "figures_spans").increment(1);
-    Ok(Some(answer.row))
+    Ok(Some(answer.into()))
 }
 
 /// [`vehicle_performance`] through the answer cache: the kept answer when
@@ -342,18 +357,23 @@ where
 {
     crate::sql::with_named_partitions(window, |sources| {
         let statement = build(sources);
-        async move { fetch_row(pool, &statement, vehicle, window).await }
+        async move {
+            fetch_optional(pool, &statement, vehicle, window)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)
+        }
     })
     .await
 }
 
-/// The row of `statement` with `$1` vehicle and `$2`/`$3` the window.
-async fn fetch_row<T>(
+/// The row of `statement`, if any, with `$1` vehicle and `$2`/`$3` the
+/// window.
+async fn fetch_optional<T>(
     pool: &PgPool,
     statement: &str,
     vehicle: &DeviceId,
     window: Window,
-) -> Result<T, sqlx::Error>
+) -> Result<Option<T>, sqlx::Error>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
@@ -361,7 +381,7 @@ where
         .bind(vehicle.as_str())
         .bind(window.from)
         .bind(window.to)
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await
 }
 
