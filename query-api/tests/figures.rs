@@ -204,3 +204,150 @@ async fn the_edges_meter_is_read_from_the_figures_only_while_it_holds() {
     }
     api.stop().await;
 }
+
+/// The running totals stay exact while the range moves on for two and a
+/// half days, an hour per step: buckets leave it, every vehicle's chain
+/// starts again at the range's first bucket once it is more than a day old
+/// (plus its spread, at most 255 buckets), a vehicle appears halfway (with
+/// a late reading from before, alone in its chain), a vehicle moves to
+/// another meter. Every answer and fleet view at the
+/// checkpoints equals the replay, and the single-vehicle answers are read
+/// from the figures.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_totals_stay_exact_while_the_range_moves_on_for_days() {
+    let db = fresh_database().await;
+    let (seed, mut rng, now) = seeded_now();
+    let hours = 60;
+    let start = now - TimeDelta::hours(hours);
+    let keep = TimeDelta::hours(3);
+    let api = Api::start_with(common::args_with(
+        &db,
+        &["--auth-disabled", "--answer-cache-entries", "0"],
+    ))
+    .await;
+
+    // Each hour's messages, stored just before that hour's passes, as they
+    // would arrive.
+    let mut hourly: Vec<Vec<Value>> = vec![Vec::new(); hours as usize + 1];
+    hourly[0] = vec![
+        assignment("EV-2", Some("MTR-2"), start - TimeDelta::hours(1)),
+        assignment("EV-3", Some("MTR-3"), start - TimeDelta::hours(1)),
+    ];
+    // EV-1 leaves its implicit meter for MTR-3, whose vehicle has not
+    // reported yet, and EV-3 takes it back when it comes.
+    hourly[20].push(assignment(
+        "EV-1",
+        Some("MTR-3"),
+        start + TimeDelta::hours(19),
+    ));
+    hourly[30].push(assignment(
+        "EV-3",
+        Some("MTR-3"),
+        start + TimeDelta::hours(29),
+    ));
+    for step in 0..hours * 12 {
+        let bucket = start + TimeDelta::minutes(5 * step);
+        for is_vehicle in [true, false] {
+            for index in 0..3 {
+                if is_vehicle && index == 2 && step < 29 * 12 {
+                    continue;
+                }
+                let at = bucket + TimeDelta::seconds(rng.i64(1..300));
+                let hour = (step / 12 + 1) as usize;
+                hourly[hour].push(common::changing_fleet::reading(
+                    &mut rng, is_vehicle, index, at, start,
+                ));
+            }
+        }
+    }
+
+    // A reading of EV-3 from before it reported, stored alone ahead of the
+    // rest: its bucket gets a row of its own, with a gap after it.
+    let lone = start + TimeDelta::hours(28) + TimeDelta::minutes(2);
+    let lone_reading = vehicle("EV-3", lone, 50.0, 1.0, 30.0);
+
+    let before = outcome_counts(&api).await;
+    let (mut sent, mut from_figures) = (Vec::new(), 0.0);
+    for (hour, messages) in hourly.into_iter().enumerate() {
+        if hour == 30 {
+            store(&db.pool, std::slice::from_ref(&lone_reading)).await;
+            sent.push(lone_reading.clone());
+        }
+        store(&db.pool, &messages).await;
+        sent.extend(messages);
+        let at = start + TimeDelta::hours(hour as i64);
+        if hour < 4 {
+            continue;
+        }
+        for _ in 0..20 {
+            match figures::pass(&db.pool, at, keep).await.unwrap() {
+                Pass::Done { current: true, .. } => break,
+                Pass::Done { .. } => {}
+                Pass::Busy => panic!("no other pass runs in this test"),
+            }
+        }
+        if hour % 6 != 0 {
+            continue;
+        }
+        let model = Model::new(&sent);
+        let to = at - TimeDelta::seconds(150);
+        let from = to - TimeDelta::hours(2) - TimeDelta::seconds(rng.i64(0..600));
+        for id in VEHICLES {
+            ask(&api, &model, id, from, to, seed, hour).await;
+            // EV-3 has figures from the pass after it first reported (in
+            // its 30th hour) on; windows starting before are computed.
+            if id != "EV-3" || hour > 30 {
+                from_figures += 1.0;
+            }
+        }
+        ask_fleet(&api, &model, from, to, seed, hour).await;
+        if hour == 30 {
+            // Its head is the lone row, its tail of another chain: the
+            // figures do not hold the window between them.
+            ask(
+                &api,
+                &model,
+                "EV-3",
+                lone - TimeDelta::minutes(1),
+                to,
+                seed,
+                hour,
+            )
+            .await;
+        }
+    }
+    let after = outcome_counts(&api).await;
+    let moved = |outcome| {
+        let count = |counts: &[(&str, f64)]| {
+            counts
+                .iter()
+                .find(|(name, _)| *name == outcome)
+                .map_or(0.0, |(_, count)| *count)
+        };
+        count(&after) - count(&before)
+    };
+    assert_eq!(
+        moved("figures") + moved("figures_spans"),
+        from_figures,
+        "seed {seed}: answers read from the figures (computed: {})",
+        moved("computed")
+    );
+
+    // Each vehicle's chain started again since the first pass (its first
+    // bucket about an hour after `start`), or (EV-3) began when it came.
+    let chains: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT vehicle_id, min(chain_from) FROM vehicle_figures GROUP BY vehicle_id ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let firsts: Vec<&str> = chains.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(firsts, VEHICLES, "seed {seed}");
+    for (id, chain_from) in &chains {
+        assert!(
+            *chain_from > start + TimeDelta::hours(2),
+            "seed {seed}: {id}'s chain from {chain_from} never started again"
+        );
+    }
+    api.stop().await;
+}
