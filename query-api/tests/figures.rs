@@ -210,9 +210,10 @@ async fn the_edges_meter_is_read_from_the_figures_only_while_it_holds() {
 /// starts again at the range's first bucket once it is more than a day old
 /// (plus its spread, at most 255 buckets), a vehicle appears halfway (with
 /// a late reading from before, alone in its chain), a vehicle moves to
-/// another meter. Every answer and fleet view at the
-/// checkpoints equals the replay, and the single-vehicle answers are read
-/// from the figures.
+/// another meter. Every answer and fleet view at the checkpoints equals the
+/// replay; single-vehicle answers are read from the figures, except those
+/// of windows they do not hold (starting before the range or the vehicle's
+/// chain, ending over an hour after the last pass), which are computed.
 #[tokio::test(flavor = "multi_thread")]
 async fn running_totals_stay_exact_while_the_range_moves_on_for_days() {
     let db = fresh_database().await;
@@ -267,7 +268,7 @@ async fn running_totals_stay_exact_while_the_range_moves_on_for_days() {
     let lone_reading = vehicle("EV-3", lone, 50.0, 1.0, 30.0);
 
     let before = outcome_counts(&api).await;
-    let (mut sent, mut from_figures) = (Vec::new(), 0.0);
+    let (mut sent, mut from_figures, mut computed) = (Vec::new(), 0.0, 0.0);
     for (hour, messages) in hourly.into_iter().enumerate() {
         if hour == 30 {
             store(&db.pool, std::slice::from_ref(&lone_reading)).await;
@@ -298,6 +299,8 @@ async fn running_totals_stay_exact_while_the_range_moves_on_for_days() {
             // its 30th hour) on; windows starting before are computed.
             if id != "EV-3" || hour > 30 {
                 from_figures += 1.0;
+            } else {
+                computed += 1.0;
             }
         }
         ask_fleet(&api, &model, from, to, seed, hour).await;
@@ -314,6 +317,22 @@ async fn running_totals_stay_exact_while_the_range_moves_on_for_days() {
                 hour,
             )
             .await;
+            computed += 1.0;
+        }
+        // Windows the figures cannot answer, each vehicle and the fleet
+        // computed from the pieces: one starting before the range kept,
+        // one ending more than an hour after the last pass (still in the
+        // past: the test's hours end now).
+        let mut unheld = vec![(at - TimeDelta::hours(5), to)];
+        if at + TimeDelta::minutes(90) < now {
+            unheld.push((at - TimeDelta::hours(1), at + TimeDelta::minutes(90)));
+        }
+        for (from, to) in unheld {
+            for id in VEHICLES {
+                ask(&api, &model, id, from, to, seed, hour).await;
+                computed += 1.0;
+            }
+            ask_fleet(&api, &model, from, to, seed, hour).await;
         }
     }
     let after = outcome_counts(&api).await;
@@ -332,6 +351,7 @@ async fn running_totals_stay_exact_while_the_range_moves_on_for_days() {
         "seed {seed}: answers read from the figures (computed: {})",
         moved("computed")
     );
+    assert_eq!(moved("computed"), computed, "seed {seed}: answers computed");
 
     // Each vehicle's chain started again since the first pass (its first
     // bucket about an hour after `start`), or (EV-3) began when it came.
