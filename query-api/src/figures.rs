@@ -68,9 +68,22 @@ const HELD: &str = "$3 - t.bucket_end <= interval '1 hour'
         AND ((k.device_kind = 'v' AND k.device_id = $1)
              OR (k.device_kind = 'm' AND k.device_id = ANY (t.recent_meters))))";
 
-/// `name`: the difference of running total `column` between `t` and `h`.
+/// The difference of running total `column` between `t` and `h`.
 fn middle(column: &str) -> String {
     format!("(t.{column} - h.{column})")
+}
+
+/// The middle's sums between `t` and `h`: `n, dc, temp, meter_n, ac`.
+fn middle_sums() -> String {
+    [
+        ("total_vehicle_readings", "n"),
+        ("total_dc", "dc"),
+        ("total_battery_temp", "temp"),
+        ("total_meter_readings", "meter_n"),
+        ("total_ac", "ac"),
+    ]
+    .map(|(column, name)| format!("{} AS {name}", middle(column)))
+    .join(", ")
 }
 
 /// The figures statement with the edges' meters read from the figures (see
@@ -157,8 +170,7 @@ pub fn spans_sql(sources: &Sources) -> String {
 {spans},
 middle AS MATERIALIZED (
     SELECT h.bucket_end AS a5, t.bucket_end AS m,
-           {n} AS n, {dc} AS dc, {temp} AS temp, {meter_n} AS meter_n, {ac} AS ac,
-           t.recent_meters, t.counted_at
+           {middle_sums}, t.recent_meters, t.counted_at
     FROM {rows}
     WHERE {held}
 ),
@@ -189,11 +201,7 @@ SELECT d.a5 AS head_end,
        d.recent_meters, d.counted_at
 FROM middle d, vehicle_edges v",
         spans = spans_cte("$2", "$3", Cte::Once),
-        n = middle("total_vehicle_readings"),
-        dc = middle("total_dc"),
-        temp = middle("total_battery_temp"),
-        meter_n = middle("total_meter_readings"),
-        ac = middle("total_ac"),
+        middle_sums = middle_sums(),
         rows = MIDDLE_ROWS,
         held = HELD,
         clipped = CLIPPED_CTE,
@@ -285,8 +293,7 @@ pub fn fleet_sql(sources: &Sources) -> String {
 -- Every vehicle's middle: the difference of its rows at m and at a5 when
 -- they are of one chain (`whole`), NULL without them.
 held AS MATERIALIZED (
-    SELECT v.vehicle_id, h.chain_from = t.chain_from AS whole,
-           {n} AS n, {dc} AS dc, {temp} AS temp, {meter_n} AS meter_n, {ac} AS ac
+    SELECT v.vehicle_id, h.chain_from = t.chain_from AS whole, {middle_sums}
     FROM grid g CROSS JOIN vehicles_current v
     LEFT JOIN vehicle_figures t ON t.vehicle_id = v.vehicle_id AND t.bucket_end = g.m
     LEFT JOIN vehicle_figures h ON h.vehicle_id = v.vehicle_id AND h.bucket_end = g.a5
@@ -347,11 +354,7 @@ FROM (SELECT vehicle_id FROM held UNION SELECT vehicle_id FROM vehicle_edges
 WHERE NOT EXISTS (SELECT FROM middle m WHERE m.vehicle_id = o.vehicle_id)
 UNION ALL
 SELECT NULL, false, 0, 0, NULL, 0, 0 WHERE NOT EXISTS (SELECT FROM grid)",
-        n = middle("total_vehicle_readings"),
-        dc = middle("total_dc"),
-        temp = middle("total_battery_temp"),
-        meter_n = middle("total_meter_readings"),
-        ac = middle("total_ac"),
+        middle_sums = middle_sums(),
         clipped = CLIPPED_CTE,
         spans = spans_cte("$1", "$2", Cte::Once),
         vehicle_raw = sources.vehicle_raw,
