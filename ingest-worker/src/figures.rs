@@ -99,7 +99,8 @@ const VACUUM_AFTER_BUCKETS: u64 = 100_000;
 
 /// Passes at `now` until the figures are current (or another worker's pass
 /// holds the lock); returns the buckets written. After a large catch-up
-/// (the first fill, a backlog) the table is vacuumed and analysed.
+/// (the first fill, a backlog), or the first figures ever written, the
+/// table is vacuumed and analysed.
 pub async fn catch_up(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -130,7 +131,14 @@ pub async fn catch_up_while(
             break;
         }
     }
-    if written >= VACUUM_AFTER_BUCKETS {
+    // A table never analysed (reltuples -1) is planned on guesses until
+    // autovacuum comes: its first figures are analysed at once too.
+    let never_analysed: bool = sqlx::query_scalar(
+        "SELECT reltuples < 0 FROM pg_class WHERE oid = 'vehicle_figures'::regclass",
+    )
+    .fetch_one(pool)
+    .await?;
+    if written >= VACUUM_AFTER_BUCKETS || (written > 0 && never_analysed) {
         sqlx::query("VACUUM (ANALYZE) vehicle_figures")
             .execute(pool)
             .await?;
