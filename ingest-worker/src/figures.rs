@@ -131,19 +131,21 @@ pub async fn catch_up_while(
             break;
         }
     }
-    // A table never analysed (reltuples -1) is planned on guesses until
-    // autovacuum comes: its first figures are analysed at once too.
-    let never_analysed: bool = sqlx::query_scalar(
-        "SELECT reltuples < 0 FROM pg_class WHERE oid = 'vehicle_figures'::regclass",
-    )
-    .fetch_one(pool)
-    .await?;
-    if written >= VACUUM_AFTER_BUCKETS || (written > 0 && never_analysed) {
+    if written > 0 && (written >= VACUUM_AFTER_BUCKETS || never_analysed(pool).await?) {
         sqlx::query("VACUUM (ANALYZE) vehicle_figures")
             .execute(pool)
             .await?;
     }
     Ok(written)
+}
+
+/// Whether the figures were never analysed (`reltuples` -1): planned on
+/// guesses until autovacuum comes, so their first figures are analysed at
+/// once too.
+async fn never_analysed(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT reltuples < 0 FROM pg_class WHERE oid = 'vehicle_figures'::regclass")
+        .fetch_one(pool)
+        .await
 }
 
 /// One pass at `now` (see the module's doc), keeping `keep` of buckets.
@@ -321,10 +323,17 @@ fn compute_statement(sources: &Sources) -> String {
         .collect::<Vec<_>>()
         .join(",\n           ");
     let figure_columns = FIGURE_COLUMNS.join(", ");
-    let derived_columns = DERIVED_COLUMNS.join(", ");
+    let total_columns: Vec<&str> = FIGURE_SUMS.iter().map(|(_, total)| *total).collect();
+    // As the INSERT below writes them: the chain, its totals, its meters.
+    let derived: Vec<&str> = ["chain_from"]
+        .into_iter()
+        .chain(total_columns.iter().copied())
+        .chain(RECENT_COLUMNS.iter().copied())
+        .collect();
+    let derived_columns = derived.join(", ");
     let updates = FIGURE_COLUMNS
         .iter()
-        .chain(DERIVED_COLUMNS)
+        .chain(&derived)
         .map(|column| format!("{column} = EXCLUDED.{column}"))
         .collect::<Vec<_>>()
         .join(", ");
@@ -486,10 +495,7 @@ SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM written)",
         vehicle_5min = sources.vehicle_5min,
         held_figure_columns = prefixed("h", FIGURE_COLUMNS),
         totals_figure_columns = prefixed("t", FIGURE_COLUMNS),
-        totals_total_columns = prefixed(
-            "t",
-            &FIGURE_SUMS.iter().map(|(_, total)| *total).collect::<Vec<_>>()
-        ),
+        totals_total_columns = prefixed("t", &total_columns),
     )
 }
 
@@ -514,19 +520,8 @@ const FIGURE_SUMS: &[(&str, &str)] = &[
     ("sum_ac", "total_ac"),
 ];
 
-/// The columns derived over a chain, in the order [`compute_statement`]
-/// writes them.
-const DERIVED_COLUMNS: &[&str] = &[
-    "chain_from",
-    "total_vehicle_readings",
-    "total_dc",
-    "total_battery_temp",
-    "total_meter_readings",
-    "total_ac",
-    "recent_meters",
-    "spanned_at",
-    "counted_at",
-];
+/// The chain's recent meters and when each last was spanned and counted.
+const RECENT_COLUMNS: &[&str] = &["recent_meters", "spanned_at", "counted_at"];
 
 /// `alias.column, …`.
 fn prefixed(alias: &str, columns: &[&str]) -> String {

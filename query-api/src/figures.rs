@@ -24,7 +24,7 @@
 //! statement does.
 //!
 //! The meters counted in the middle (`meterIds`) are those whose readings
-//! last counted after `a5`, from the newest row ([`MiddleMeters`]).
+//! last counted after `a5`, from the newest row ([`Figures::meter_ids`]).
 
 use chrono::{DateTime, Utc};
 
@@ -45,7 +45,7 @@ const CLIPPED_CTE: &str = "clipped AS MATERIALIZED (
 
 /// `t` and `h`: the vehicle's (`$1`) newest row at or before the end of a
 /// window (`$3`) and the row of the bucket holding its start (`$2`), when
-/// they are of one chain and the tail after `t` is at most an hour.
+/// they are of one chain.
 const MIDDLE_ROWS: &str = "(
     SELECT f.bucket_end, f.chain_from, f.whole_meter, f.total_vehicle_readings, f.total_dc,
            f.total_battery_temp, f.total_meter_readings, f.total_ac, f.recent_meters, f.counted_at
@@ -223,8 +223,10 @@ pub struct Figures {
     pub sum_ac: f64,
     /// Meters whose readings counted at the raw edges.
     pub edge_meter_ids: Vec<String>,
-    #[sqlx(flatten)]
-    pub middle_meters: MiddleMeters,
+    /// The newest row's recent meters, and the last bucket each one's
+    /// readings counted in (`None`: not in the chain's kept buckets).
+    pub recent_meters: Vec<String>,
+    pub counted_at: Vec<Option<DateTime<Utc>>>,
 }
 
 /// [`sql`]'s edges' meters: `None` when not known from the figures.
@@ -234,24 +236,15 @@ pub struct EdgeMeters {
     pub tail_meter: Option<String>,
 }
 
-/// The newest row's recent meters and the last bucket each one's readings
-/// counted in (`None`: not in the chain's kept buckets).
-#[derive(Debug, sqlx::FromRow)]
-pub struct MiddleMeters {
-    pub recent_meters: Vec<String>,
-    pub counted_at: Vec<Option<DateTime<Utc>>>,
-}
-
 impl Figures {
     /// The meters whose readings counted in the window, in byte order:
     /// those of the edges, and those that counted in the middle
     /// `(head_end, m]` (their last counted bucket is after `head_end`).
     pub fn meter_ids(&self) -> Vec<String> {
-        let middle = &self.middle_meters;
-        let mut ids: Vec<String> = middle
+        let mut ids: Vec<String> = self
             .recent_meters
             .iter()
-            .zip(&middle.counted_at)
+            .zip(&self.counted_at)
             .filter(|(_, counted_at)| counted_at.is_some_and(|at| at > self.head_end))
             .map(|(meter, _)| meter.clone())
             .chain(self.edge_meter_ids.iter().cloned())

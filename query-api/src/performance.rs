@@ -249,11 +249,7 @@ async fn from_figures(
         return Ok(Some(answer.figures.into()));
     }
     let answer: Option<crate::figures::Figures> =
-        crate::sql::with_named_partitions(window, |sources| {
-            let statement = crate::figures::spans_sql(sources);
-            async move { fetch_optional(pool, &statement, vehicle, window).await }
-        })
-        .await?;
+        optional_row(pool, vehicle, window, crate::figures::spans_sql).await?;
     let Some(answer) = answer else {
         return Ok(None);
     };
@@ -340,28 +336,26 @@ pub async fn vehicle_performance(
         return Ok(row.into_answer(vehicle, window));
     }
     metrics::counter!("energy_query_answers_total", "outcome" => "computed").increment(1);
-    let row: PerformanceRow = one_row(pool, vehicle, window, sql).await?;
+    let row: PerformanceRow = optional_row(pool, vehicle, window, sql)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     Ok(row.into_answer(vehicle, window))
 }
 
-/// The row of the statement `build` makes for the window's sources, with
-/// `$1` vehicle and `$2`/`$3` the window.
-async fn one_row<T>(
+/// The row, if any, of the statement `build` makes for the window's
+/// sources, with `$1` vehicle and `$2`/`$3` the window.
+async fn optional_row<T>(
     pool: &PgPool,
     vehicle: &DeviceId,
     window: Window,
     build: fn(&Sources) -> String,
-) -> Result<T, sqlx::Error>
+) -> Result<Option<T>, sqlx::Error>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
     crate::sql::with_named_partitions(window, |sources| {
         let statement = build(sources);
-        async move {
-            fetch_optional(pool, &statement, vehicle, window)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)
-        }
+        async move { fetch_optional(pool, &statement, vehicle, window).await }
     })
     .await
 }
