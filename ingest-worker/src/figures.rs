@@ -20,7 +20,10 @@
 //! The figures of a bucket are what query-api's pieces would read for it:
 //! the vehicle's five-minute rollup, and for each span of a meter on the
 //! vehicle clipped to the bucket, the meter's rollup when it covers the
-//! whole bucket or its raw readings otherwise ([`shared::analytics_sql`]).
+//! whole bucket or its raw readings otherwise ([`shared::analytics_sql`]);
+//! and, for an answer whose window starts inside the bucket, the bucket's
+//! own readings: their times and the sums from each on, the vehicle's and
+//! its whole meter's (the migration `figures_bucket_readings`).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use shared::analytics_sql::{cut, spans_cte, Cte, PieceRows, Sources};
@@ -384,6 +387,39 @@ spanned AS (
                 THEN min(meter_id) END AS whole_meter
     FROM bucket_cut GROUP BY vehicle_id, bucket_end
 ),
+-- Each computed bucket's own readings, for the answers' heads (the
+-- migration `figures_bucket_readings`): their times and the sums from
+-- each reading on; the meter's only for a bucket with a whole meter.
+vehicle_times AS (
+    SELECT p.vehicle_id, p.bucket_end,
+           array_agg(x.recorded_at ORDER BY x.recorded_at) AS times,
+           array_agg(x.dc_from ORDER BY x.recorded_at) || 0::float8 AS dc_from,
+           array_agg(x.temp_from ORDER BY x.recorded_at) || 0::float8 AS temp_from
+    FROM pairs p
+    CROSS JOIN LATERAL (
+        SELECT x.recorded_at, sum(x.kwh_delivered_dc) OVER later AS dc_from,
+               sum(x.battery_temp) OVER later AS temp_from
+        FROM {vehicle_raw} x
+        WHERE x.vehicle_id = p.vehicle_id
+          AND x.recorded_at > p.bucket_end - interval '5 minutes' AND x.recorded_at <= p.bucket_end
+        WINDOW later AS (ORDER BY x.recorded_at DESC)
+    ) x
+    GROUP BY p.vehicle_id, p.bucket_end
+),
+meter_times AS (
+    SELECT s.vehicle_id, s.bucket_end,
+           array_agg(x.recorded_at ORDER BY x.recorded_at) AS times,
+           array_agg(x.ac_from ORDER BY x.recorded_at) || 0::float8 AS ac_from
+    FROM spanned s
+    CROSS JOIN LATERAL (
+        SELECT x.recorded_at, sum(x.kwh_consumed_ac) OVER later AS ac_from
+        FROM {meter_raw} x
+        WHERE x.meter_id = s.whole_meter
+          AND x.recorded_at > s.bucket_end - interval '5 minutes' AND x.recorded_at <= s.bucket_end
+        WINDOW later AS (ORDER BY x.recorded_at DESC)
+    ) x
+    GROUP BY s.vehicle_id, s.bucket_end
+),
 fresh AS MATERIALIZED (
     SELECT p.vehicle_id, p.bucket_end, coalesce(v.readings, 0)::bigint AS vehicle_readings,
            coalesce(v.sum_dc, 0)::float8 AS sum_dc,
@@ -391,11 +427,19 @@ fresh AS MATERIALIZED (
            coalesce(m.n, 0)::bigint AS meter_readings, coalesce(m.ac, 0)::float8 AS sum_ac,
            coalesce(s.meters, '{{}}') AS meters, coalesce(m.meter_ids, '{{}}') AS meter_ids,
            -- No span touches the bucket: no meter counts in it.
-           CASE WHEN s.meters IS NULL THEN '' ELSE s.whole_meter END AS whole_meter
+           CASE WHEN s.meters IS NULL THEN '' ELSE s.whole_meter END AS whole_meter,
+           coalesce(vt.times, '{{}}') AS vehicle_times, coalesce(vt.dc_from, '{{0}}') AS dc_from,
+           coalesce(vt.temp_from, '{{0}}') AS battery_temp_from,
+           CASE WHEN s.meters IS NULL THEN '{{}}'
+                WHEN s.whole_meter IS NOT NULL THEN coalesce(mt.times, '{{}}') END AS meter_times,
+           CASE WHEN s.meters IS NULL THEN '{{0}}'
+                WHEN s.whole_meter IS NOT NULL THEN coalesce(mt.ac_from, '{{0}}') END AS ac_from
     FROM pairs p
     LEFT JOIN {vehicle_5min} v ON v.vehicle_id = p.vehicle_id AND v.bucket_end = p.bucket_end
     LEFT JOIN meters m ON m.vehicle_id = p.vehicle_id AND m.bucket_end = p.bucket_end
     LEFT JOIN spanned s ON s.vehicle_id = p.vehicle_id AND s.bucket_end = p.bucket_end
+    LEFT JOIN vehicle_times vt ON vt.vehicle_id = p.vehicle_id AND vt.bucket_end = p.bucket_end
+    LEFT JOIN meter_times mt ON mt.vehicle_id = p.vehicle_id AND mt.bucket_end = p.bucket_end
 ),
 -- Where each vehicle's rows are derived again: its first computed bucket,
 -- or the range's first when its chain has grown old.
@@ -493,6 +537,8 @@ SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM written)",
         bucket_cut = cut(bucket_intervals, "false"),
         meter_rows = meter_rows.union_all(),
         vehicle_5min = sources.vehicle_5min,
+        vehicle_raw = sources.vehicle_raw,
+        meter_raw = sources.meter_raw,
         held_figure_columns = prefixed("h", FIGURE_COLUMNS),
         totals_figure_columns = prefixed("t", FIGURE_COLUMNS),
         totals_total_columns = prefixed("t", &total_columns),
@@ -509,6 +555,11 @@ const FIGURE_COLUMNS: &[&str] = &[
     "meters",
     "meter_ids",
     "whole_meter",
+    "vehicle_times",
+    "dc_from",
+    "battery_temp_from",
+    "meter_times",
+    "ac_from",
 ];
 
 /// Each summed figure and its running total's column.

@@ -1,7 +1,9 @@
 //! The 24-hour answer read from the worker's per-vehicle figures: the
 //! window's middle as the difference of two rows of running totals (the
 //! migrations `vehicle_figures` and `figures_running_totals`, ingest-worker's
-//! `figures.rs`), and only the window's two raw edges read here.
+//! `figures.rs`), the window's head (the part of its first bucket after its
+//! start) from the readings that bucket's row keeps (the migration
+//! `figures_bucket_readings`), and only its tail read raw here.
 //!
 //! The figures are used only when they answer exactly: the rows of the
 //! bucket holding the window's start (`a5`, its first five-minute
@@ -15,9 +17,10 @@
 //! mark. Otherwise the statement returns no row and the pieces statement
 //! ([`crate::performance`]) answers.
 //!
-//! Which meter counts at the two raw edges is read from the figures too
+//! Which meter counts at the two edges is read from the figures too
 //! when it can be ([`sql`]): the bucket holding the head names the one
-//! meter that counts throughout it (`whole_meter`), and so does the last
+//! meter that counts throughout it (`whole_meter`, whose readings the row
+//! keeps), and so does the last
 //! summarised bucket for the tail, as long as no assignment of the vehicle
 //! or of that meter starts after it. Otherwise ([`spans_sql`]) the edges'
 //! meters are resolved from the vehicle's assignments, as the pieces
@@ -87,8 +90,12 @@ fn middle_sums() -> String {
 }
 
 /// The figures statement with the edges' meters read from the figures (see
-/// the module's doc): `$1` vehicle, `$2`/`$3` window; `head` names the raw
-/// partitions of `($2, $2 + 5 min]`, `tail` those of `($3 - 1 h, $3]`.
+/// the module's doc): `$1` vehicle, `$2`/`$3` window; `tail` names the raw
+/// partitions of `($3 - 1 h, $3]`. The head `($2, a5]` is read from the
+/// readings `h` keeps of its bucket (the migration
+/// `figures_bucket_readings`): how many are at or before `$2` is a binary
+/// search of their times, the sums of the others an element of the sums
+/// from each reading on.
 /// No row when the figures do not hold the window's middle; a row whose
 /// `head_meter` or `tail_meter` is NULL when only the edges' meters are
 /// not known here, and [`spans_sql`] may answer: an edge's bucket without
@@ -96,13 +103,13 @@ fn middle_sums() -> String {
 /// an assignment of the vehicle or of the tail's meter starting in the
 /// tail. Columns: those of [`Figures`] and [`EdgeMeters`].
 ///
-/// The head's bucket `a5` is checked for marks with the middle: an
-/// assignment that changes who owns it marks the vehicle, or the meter
-/// that owned it, from its bucket on. Neither statement computes validity
-/// for [`crate::answers`]: reading the revisions would take it past 16
-/// relations, where PostgreSQL's locks leave the backend's fast path
-/// (BENCHMARKS.md), and it is cheap enough to run again.
-pub fn sql(head: &Sources, tail: &Sources) -> String {
+/// The head's bucket `a5` is checked for marks with the middle: a late
+/// reading in it, or an assignment that changes who owns it, marks the
+/// vehicle or the meter from its bucket on. Neither statement computes
+/// validity for [`crate::answers`]: reading the revisions would take it
+/// past 16 relations, where PostgreSQL's locks leave the backend's fast
+/// path (BENCHMARKS.md), and it is cheap enough to run again.
+pub fn sql(tail: &Sources) -> String {
     let n = format!("({} + hv.n + tv.n)", middle("total_vehicle_readings"));
     format!(
         "SELECT h.bucket_end AS head_end, o.head_meter, o.tail_meter,
@@ -116,6 +123,7 @@ pub fn sql(head: &Sources, tail: &Sources) -> String {
        t.recent_meters, t.counted_at
 FROM {rows}
 -- The meter counting throughout each edge: '' none, NULL not known here.
+-- (OFFSET 0: the probe runs once, not once per column naming it.)
 CROSS JOIN LATERAL (
     SELECT CASE WHEN h.bucket_end = $2 THEN '' ELSE h.whole_meter END AS head_meter,
            CASE WHEN NOT EXISTS (
@@ -123,24 +131,28 @@ CROSS JOIN LATERAL (
                     WHERE (a.vehicle_id = $1 OR a.meter_id = t.whole_meter)
                       AND a.starts_at > t.bucket_end AND a.starts_at <= $3)
                 THEN t.whole_meter END AS tail_meter
+    OFFSET 0
 ) o
+-- The head: how many of the bucket's readings are at or before `$2`.
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n, coalesce(sum(x.kwh_delivered_dc), 0) AS dc,
-           coalesce(sum(x.battery_temp), 0) AS temp
-    FROM {head_vehicle} x
-    WHERE x.vehicle_id = $1 AND x.recorded_at > $2 AND x.recorded_at <= h.bucket_end
+    SELECT width_bucket($2, h.vehicle_times) AS vehicle, width_bucket($2, h.meter_times) AS meter
+) skipped
+CROSS JOIN LATERAL (
+    SELECT cardinality(h.vehicle_times) - skipped.vehicle AS n,
+           h.dc_from[skipped.vehicle + 1] AS dc, h.battery_temp_from[skipped.vehicle + 1] AS temp
 ) hv
+-- No meter arrays (several meters in the bucket) matter only when the
+-- head is empty: otherwise `head_meter` is NULL and the row unused.
+CROSS JOIN LATERAL (
+    SELECT coalesce(cardinality(h.meter_times) - skipped.meter, 0) AS n,
+           coalesce(h.ac_from[skipped.meter + 1], 0) AS ac
+) hm
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, coalesce(sum(x.kwh_delivered_dc), 0) AS dc,
            coalesce(sum(x.battery_temp), 0) AS temp
     FROM {tail_vehicle} x
     WHERE x.vehicle_id = $1 AND x.recorded_at > t.bucket_end AND x.recorded_at <= $3
 ) tv
-CROSS JOIN LATERAL (
-    SELECT count(*) AS n, coalesce(sum(x.kwh_consumed_ac), 0) AS ac
-    FROM {head_meter} x
-    WHERE x.meter_id = o.head_meter AND x.recorded_at > $2 AND x.recorded_at <= h.bucket_end
-) hm
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, coalesce(sum(x.kwh_consumed_ac), 0) AS ac
     FROM {tail_meter} x
@@ -153,9 +165,7 @@ WHERE {held}",
         ac = middle("total_ac"),
         rows = MIDDLE_ROWS,
         held = HELD,
-        head_vehicle = head.vehicle_raw,
         tail_vehicle = tail.vehicle_raw,
-        head_meter = head.meter_raw,
         tail_meter = tail.meter_raw,
     )
 }

@@ -227,14 +227,11 @@ async fn from_figures(
     vehicle: &DeviceId,
     window: Window,
 ) -> Result<Option<PerformanceRow>, sqlx::Error> {
-    // The raw partitions of the head's bucket and of the longest tail the
-    // statement reads (an hour).
-    let head = Sources::for_window(window.from, window.from + TimeDelta::minutes(5));
+    // The raw partitions of the longest tail the statement reads (an hour).
     let tail = Sources::for_window(window.to - TimeDelta::hours(1), window.to);
-    let parents = Sources::parents();
     let answer: Option<FiguresAndEdgeMeters> =
-        crate::sql::named_or_parents((head, tail), (parents.clone(), parents), |(head, tail)| {
-            let statement = crate::figures::sql(head, tail);
+        crate::sql::named_or_parents(tail, Sources::parents(), |tail| {
+            let statement = crate::figures::sql(tail);
             async move { fetch_optional(pool, &statement, vehicle, window).await }
         })
         .await?;

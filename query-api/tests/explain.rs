@@ -357,7 +357,6 @@ async fn plans_right_after_an_ingest_have_the_shape_they_have_after_analyze() {
 
     let (from, to) = (end - TimeDelta::hours(24), end);
     let sources = Sources::for_window(from, to);
-    let head = Sources::for_window(from, from + TimeDelta::minutes(5));
     let tail = Sources::for_window(to - TimeDelta::hours(1), to);
     let hour = TimeDelta::hours(1);
     let queries: Vec<(&str, String, Vec<Bind>)> = vec![
@@ -368,7 +367,7 @@ async fn plans_right_after_an_ingest_have_the_shape_they_have_after_analyze() {
         ),
         (
             "performance from the figures",
-            figures::sql(&head, &tail),
+            figures::sql(&tail),
             vec![Bind::Text("P-7"), Bind::At(from), Bind::At(to)],
         ),
         (

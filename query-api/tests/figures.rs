@@ -133,7 +133,7 @@ async fn outcome_counts(api: &Api) -> Vec<(&'static str, f64)> {
     counts
 }
 
-/// The meter of an answer's raw edges is read from the figures when the
+/// The meter of an answer's edges is read from the figures when the
 /// edge's bucket has one meter throughout (or none) and no assignment
 /// starts in the tail; otherwise the assignments are resolved. Each case is
 /// answered exactly, by the path it should take.
@@ -175,9 +175,12 @@ async fn the_edges_meter_is_read_from_the_figures_only_while_it_holds() {
     summarise(&db.pool, now).await;
     let model = Model::new(&sent);
 
-    let cases: [(&str, DateTime<Utc>, DateTime<Utc>, &str); 8] = [
+    let cases: [(&str, DateTime<Utc>, DateTime<Utc>, &str); 9] = [
         // Both edges' buckets have MTR-1 throughout.
         ("EV-1", at(10, 17), at(40, 17), "figures"),
+        // The window starts at a reading's time: that reading (and the
+        // meter's at the same time) is left out, the next one counts.
+        ("EV-1", at(10, 30), at(40, 17), "figures"),
         // The head's bucket (60, 65] has two meters.
         ("EV-1", at(61, 7), at(80, 0), "figures_spans"),
         // EV-1's own assignment starts in the tail (60, 62:50].
