@@ -231,7 +231,7 @@ pub struct Figures {
     pub avg_battery_temp: Option<f64>,
     pub meter_readings: i64,
     pub sum_ac: f64,
-    /// Meters whose readings counted at the raw edges.
+    /// Meters whose readings counted at the edges.
     pub edge_meter_ids: Vec<String>,
     /// The newest row's recent meters, and the last bucket each one's
     /// readings counted in (`None`: not in the chain's kept buckets).
