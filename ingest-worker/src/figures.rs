@@ -390,36 +390,8 @@ spanned AS (
 -- Each computed bucket's own readings, for the answers' heads (the
 -- migration `figures_bucket_readings`): their times and the sums from
 -- each reading on; the meter's only for a bucket with a whole meter.
-vehicle_times AS (
-    SELECT p.vehicle_id, p.bucket_end,
-           array_agg(x.recorded_at ORDER BY x.recorded_at) AS times,
-           array_agg(x.dc_from ORDER BY x.recorded_at) || 0::float8 AS dc_from,
-           array_agg(x.temp_from ORDER BY x.recorded_at) || 0::float8 AS temp_from
-    FROM pairs p
-    CROSS JOIN LATERAL (
-        SELECT x.recorded_at, sum(x.kwh_delivered_dc) OVER later AS dc_from,
-               sum(x.battery_temp) OVER later AS temp_from
-        FROM {vehicle_raw} x
-        WHERE x.vehicle_id = p.vehicle_id
-          AND x.recorded_at > p.bucket_end - interval '5 minutes' AND x.recorded_at <= p.bucket_end
-        WINDOW later AS (ORDER BY x.recorded_at DESC)
-    ) x
-    GROUP BY p.vehicle_id, p.bucket_end
-),
-meter_times AS (
-    SELECT s.vehicle_id, s.bucket_end,
-           array_agg(x.recorded_at ORDER BY x.recorded_at) AS times,
-           array_agg(x.ac_from ORDER BY x.recorded_at) || 0::float8 AS ac_from
-    FROM spanned s
-    CROSS JOIN LATERAL (
-        SELECT x.recorded_at, sum(x.kwh_consumed_ac) OVER later AS ac_from
-        FROM {meter_raw} x
-        WHERE x.meter_id = s.whole_meter
-          AND x.recorded_at > s.bucket_end - interval '5 minutes' AND x.recorded_at <= s.bucket_end
-        WINDOW later AS (ORDER BY x.recorded_at DESC)
-    ) x
-    GROUP BY s.vehicle_id, s.bucket_end
-),
+{vehicle_times},
+{meter_times},
 fresh AS MATERIALIZED (
     SELECT p.vehicle_id, p.bucket_end, coalesce(v.readings, 0)::bigint AS vehicle_readings,
            coalesce(v.sum_dc, 0)::float8 AS sum_dc,
@@ -537,11 +509,62 @@ SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM written)",
         bucket_cut = cut(bucket_intervals, "false"),
         meter_rows = meter_rows.union_all(),
         vehicle_5min = sources.vehicle_5min,
-        vehicle_raw = sources.vehicle_raw,
-        meter_raw = sources.meter_raw,
+        vehicle_times = bucket_readings(
+            "vehicle_times",
+            "pairs",
+            &sources.vehicle_raw,
+            "x.vehicle_id = b.vehicle_id",
+            &[("kwh_delivered_dc", "dc_from"), ("battery_temp", "temp_from")],
+        ),
+        meter_times = bucket_readings(
+            "meter_times",
+            "spanned",
+            &sources.meter_raw,
+            "x.meter_id = b.whole_meter",
+            &[("kwh_consumed_ac", "ac_from")],
+        ),
         held_figure_columns = prefixed("h", FIGURE_COLUMNS),
         totals_figure_columns = prefixed("t", FIGURE_COLUMNS),
         totals_total_columns = prefixed("t", &total_columns),
+    )
+}
+
+/// The CTE `name`: for each bucket of `buckets` (`vehicle_id`,
+/// `bucket_end`), the readings of `raw` that `device` picks in it: their
+/// times, ascending (`times`), and for each `(column, name)` of `sums` the
+/// sums of `column` from each reading on, followed by 0 (the migration
+/// `figures_bucket_readings`). Buckets without readings have no row.
+fn bucket_readings(
+    name: &str,
+    buckets: &str,
+    raw: &str,
+    device: &str,
+    sums: &[(&str, &str)],
+) -> String {
+    let aggregated: String = sums
+        .iter()
+        .map(|(_, sum)| {
+            format!(",\n           array_agg(x.{sum} ORDER BY x.recorded_at) || 0::float8 AS {sum}")
+        })
+        .collect();
+    let windowed: String = sums
+        .iter()
+        .map(|(column, sum)| format!(", sum(x.{column}) OVER later AS {sum}"))
+        .collect();
+    format!(
+        "{name} AS (
+    SELECT b.vehicle_id, b.bucket_end,
+           array_agg(x.recorded_at ORDER BY x.recorded_at) AS times{aggregated}
+    FROM {buckets} b
+    CROSS JOIN LATERAL (
+        SELECT x.recorded_at{windowed}
+        FROM {raw} x
+        WHERE {device}
+          AND x.recorded_at > b.bucket_end - interval '5 minutes' AND x.recorded_at <= b.bucket_end
+        WINDOW later AS (ORDER BY x.recorded_at DESC)
+    ) x
+    GROUP BY b.vehicle_id, b.bucket_end
+)"
     )
 }
 
