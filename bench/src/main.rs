@@ -93,6 +93,12 @@ struct Cli {
     /// Seconds each query measurement runs
     #[arg(long, default_value_t = 5.0)]
     measure_seconds: f64,
+
+    /// Query measurements start once autovacuum has run no worker for this
+    /// many seconds (longer than its one-minute naptime, so no table is
+    /// still due), or after 15 minutes
+    #[arg(long, default_value_t = 75.0)]
+    autovacuum_quiet_seconds: f64,
 }
 
 #[tokio::main]
@@ -142,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             vehicles: cli.query_vehicles,
             hours: cli.query_hours,
             measure: Duration::from_secs_f64(cli.measure_seconds),
+            autovacuum_quiet: Duration::from_secs_f64(cli.autovacuum_quiet_seconds),
         };
         query::run(&settings, cli.runs, &mut report).await?;
     }

@@ -39,6 +39,8 @@ fn every_scenario_runs_checks_its_results_and_prints_every_table() {
             "2",
             "--measure-seconds",
             "0.2",
+            "--autovacuum-quiet-seconds",
+            "1",
             "--output",
             &output_arg,
         ],
