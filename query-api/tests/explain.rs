@@ -297,7 +297,8 @@ fn shape(plan: &Value, out: &mut Vec<String>) {
 /// statistics PostgreSQL would only gather later (autovacuum never analyses
 /// a partitioned parent at all). So do the statements over the worker's
 /// per-vehicle figures, right after its first catch-up: the figures are
-/// analysed when first written, the marks and ranges by their migration.
+/// analysed after a catch-up that wrote as many rows as their statistics
+/// counted, the marks and ranges by their migration.
 /// (The fleet view over the figures is not compared: on 300 vehicles its
 /// meters' edges are read by key or by time on a near tie of costs, which
 /// two samples of the same rows can tip either way.)
@@ -353,6 +354,18 @@ async fn plans_right_after_an_ingest_have_the_shape_they_have_after_analyze() {
         written,
         300 * 26 * 12,
         "every vehicle's buckets of 26 hours"
+    );
+    // ...and left the figures' statistics counting them, even when
+    // autovacuum analysed the table on its first rows part way through.
+    let counted: f32 = sqlx::query_scalar(
+        "SELECT reltuples FROM pg_class WHERE oid = 'vehicle_figures'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        f64::from(counted) >= 0.9 * written as f64,
+        "the figures' statistics count {counted} rows of {written}"
     );
 
     let (from, to) = (end - TimeDelta::hours(24), end);
