@@ -360,10 +360,11 @@ const AUTOVACUUM_WAIT_MAX: Duration = Duration::from_secs(900);
 /// vacuums and analyzes every partition and the figures the load filled, for
 /// minutes, as it does on a production server after a backlog; the targets
 /// are about the state the system then settles in, and a measurement taken
-/// while autovacuum holds a core measures the two competing for the cores
-/// (the first of three runs read 0.36× where the next two read 0.48× and
-/// 0.46×, BENCHMARKS.md). Nothing is run that an operator would not: the
-/// harness only waits.
+/// while autovacuum holds a core would measure the two competing for the
+/// cores. (In the runs of 2026-12-03 it had finished during the figures'
+/// catch-up already: the wait rules it out, it did not explain the slower
+/// runs of the day before; BENCHMARKS.md.) Nothing is run that an operator
+/// would not: the harness only waits.
 async fn autovacuum_settled(pool: &sqlx::PgPool, quiet_for: Duration) -> anyhow::Result<Settled> {
     let started = Instant::now();
     let mut quiet_since = Instant::now();
