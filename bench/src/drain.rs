@@ -21,7 +21,7 @@ use test_support::postgres::fresh_database;
 use test_support::process::Service;
 
 use crate::broker::Broker;
-use crate::cpu::{machine_busy_seconds, process_cpu_seconds};
+use crate::cpu::{process_cpu_seconds, MachineCpu, STOLEN_ROW};
 use crate::load::{copy_history, Encoded, Rows};
 use crate::report::{count, per_second, ratio, runs_cell, seconds, Report, Table};
 
@@ -390,9 +390,10 @@ fn report_cpu(results: &[DrainRun], report: &mut Report) {
         ),
         ("dev-broker (mock Kafka)", |c| c.broker),
         ("everything else (PostgreSQL, mostly)", |c| {
-            c.machine - c.worker - c.broker
+            c.machine.busy - c.worker - c.broker
         }),
-        ("the machine, busy", |c| c.machine),
+        ("the machine, busy", |c| c.machine.busy),
+        (STOLEN_ROW, |c| c.machine.stolen),
     ] {
         cpu.row(vec![
             name.to_owned(),
@@ -413,7 +414,7 @@ fn report_cpu(results: &[DrainRun], report: &mut Report) {
 struct CpuUse {
     worker: f64,
     broker: f64,
-    machine: f64,
+    machine: MachineCpu,
     available: f64,
 }
 
@@ -476,8 +477,7 @@ async fn drain_with_worker(
             .iter()
             .map(|(name, value)| (name.as_str(), value.clone())),
     );
-    let (machine_before, broker_before) =
-        (machine_busy_seconds(), process_cpu_seconds(broker.pid()));
+    let (machine_before, broker_before) = (MachineCpu::now(), process_cpu_seconds(broker.pid()));
     let started = Instant::now();
     let mut worker = Service::start("ingest-worker", &[], &env);
     let (joined, finished) =
@@ -485,7 +485,7 @@ async fn drain_with_worker(
     let cpu = CpuUse {
         worker: process_cpu_seconds(worker.pid()),
         broker: process_cpu_seconds(broker.pid()) - broker_before,
-        machine: machine_busy_seconds() - machine_before,
+        machine: MachineCpu::now().since(machine_before),
         available: (finished - started).as_secs_f64()
             * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
     };

@@ -29,7 +29,7 @@ use test_support::postgres::{fresh_database, wait_for_replay};
 use test_support::private_postgres::PrivatePostgres;
 use test_support::process::{wait_until_ok, Service};
 
-use crate::cpu::{machine_busy_seconds, own_cpu_seconds, process_cpu_seconds};
+use crate::cpu::{own_cpu_seconds, process_cpu_seconds, MachineCpu, STOLEN_ROW};
 use crate::load::store_fleet;
 use crate::report::{
     count, millis, per_second, percent, quantile, ratio, runs_cell, Report, Table,
@@ -140,6 +140,9 @@ struct Case {
     /// The same, read from the figures with the edges' meter from them too
     /// (no assignments resolved).
     edges_from_figures: Vec<f64>,
+    /// Per run, the share of the machine's capacity stolen by other guests
+    /// of the host during the measurement at THROUGHPUT_CONCURRENCY.
+    stolen: Vec<f64>,
 }
 
 /// Everything one request of a measurement needs.
@@ -427,7 +430,7 @@ async fn measure_runs(
     settings: &Settings,
     runs: usize,
     service: &Target,
-) -> anyhow::Result<(Vec<Case>, Vec<[f64; 5]>)> {
+) -> anyhow::Result<(Vec<Case>, Vec<[f64; 6]>)> {
     let width = settings.vehicles.to_string().len().max(2);
     let fleet_ids: Arc<Vec<String>> = Arc::new(
         (1..=settings.vehicles)
@@ -457,6 +460,7 @@ async fn measure_runs(
         kept: Vec::new(),
         from_figures: Vec::new(),
         edges_from_figures: Vec::new(),
+        stolen: Vec::new(),
     })
     .collect();
     let mut cpu_splits = Vec::new();
@@ -496,7 +500,7 @@ async fn measure_runs(
             case.single
                 .push(measure(1, settings.measure, request.clone().into_fn()).await?);
             let (machine, api_cpu, own_cpu) = (
-                machine_busy_seconds(),
+                MachineCpu::now(),
                 process_cpu_seconds(service.api_pid),
                 own_cpu_seconds(),
             );
@@ -505,6 +509,8 @@ async fn measure_runs(
                 case.parallel.push(
                     measure(THROUGHPUT_CONCURRENCY, settings.measure, request.into_fn()).await?,
                 );
+                case.stolen
+                    .push(MachineCpu::now().since(machine).stolen / capacity(settings.measure));
                 if case.ask == Ask::Performance {
                     let after = answer_outcomes(&service.client, &service.base).await?;
                     let kept = after.kept - before.kept;
@@ -519,14 +525,15 @@ async fn measure_runs(
                 }
             }
             if case.ask == Ask::Performance && case.vehicle == per_minute {
-                let machine = machine_busy_seconds() - machine;
+                let machine = MachineCpu::now().since(machine);
                 let api_cpu = process_cpu_seconds(service.api_pid) - api_cpu;
                 let own_cpu = own_cpu_seconds() - own_cpu;
                 cpu_splits.push([
                     api_cpu,
                     own_cpu,
-                    machine - api_cpu - own_cpu,
-                    machine,
+                    machine.busy - api_cpu - own_cpu,
+                    machine.busy,
+                    machine.stolen,
                     capacity(settings.measure),
                 ]);
             }
@@ -802,6 +809,16 @@ fn report_targets(settings: &Settings, cases: &[Case], report: &mut Report) {
         ),
         "≥ 0.50×".into(),
     ]);
+    for (case, what) in [(performance, "performance"), (lookup, "primary-key lookup")] {
+        table.row(vec![
+            format!(
+                "machine's capacity taken by other guests of the host (steal) while the {what} \
+                 was measured at {THROUGHPUT_CONCURRENCY} in flight"
+            ),
+            runs_cell(&case.stolen, percent),
+            "(the ratio holds when both are alike)".into(),
+        ]);
+    }
     table.row(vec![
         format!(
             "share of those performance answers served kept (revisions checked, not computed): per-minute vehicles, random of {}",
@@ -878,13 +895,14 @@ fn report_targets(settings: &Settings, cases: &[Case], report: &mut Report) {
     );
 }
 
-fn report_cpu(settings: &Settings, cpu_splits: &[[f64; 5]], report: &mut Report) {
+fn report_cpu(settings: &Settings, cpu_splits: &[[f64; 6]], report: &mut Report) {
     let mut cpu = Table::new(&["process", "CPU seconds", "share of the machine's capacity"]);
     for (i, name) in [
         "query-api",
         "the load generator (this harness)",
         "everything else (PostgreSQL, mostly)",
         "the machine, busy",
+        STOLEN_ROW,
     ]
     .iter()
     .enumerate()
@@ -892,7 +910,7 @@ fn report_cpu(settings: &Settings, cpu_splits: &[[f64; 5]], report: &mut Report)
         let seconds: Vec<f64> = cpu_splits.iter().map(|split| split[i]).collect();
         let share: Vec<f64> = cpu_splits
             .iter()
-            .map(|split| 100.0 * split[i] / split[4])
+            .map(|split| 100.0 * split[i] / split[5])
             .collect();
         cpu.row(vec![
             (*name).to_owned(),
