@@ -105,17 +105,26 @@ struct FiguresRow {
     sum_ac: f64,
 }
 
-/// Every reporting vehicle's row: from the worker's figures where they
+/// Every reporting vehicle's sums over a window, exact (a page rounds
+/// them), by the statement that computed them.
+#[derive(Debug)]
+pub struct FleetSums {
+    pub from_figures: Vec<FleetRow>,
+    pub from_pieces: Vec<FleetRow>,
+}
+
+/// Every reporting vehicle's sums: from the worker's figures where they
 /// answer exactly, the others from the pieces by key; all of them from the
 /// pieces when the figures do not hold the window, or answer fewer
 /// vehicles than they leave (passes deferred during a backlog), where
 /// reading the whole fleet by time is cheaper than by key. Both statements
-/// read one snapshot, so a page is one state of the data.
-async fn fleet_rows(
+/// read one snapshot, so a page is one state of the data. `sources`: the
+/// window's.
+pub async fn fleet_sums(
     pool: &PgPool,
     sources: &Sources,
     window: Window,
-) -> Result<Vec<FleetRow>, sqlx::Error> {
+) -> Result<FleetSums, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -164,18 +173,21 @@ async fn fleet_rows(
     };
     counted("figures", &answered);
     counted("computed", &computed);
-    answered.extend(computed);
-    Ok(answered)
+    Ok(FleetSums {
+        from_figures: answered,
+        from_pieces: computed,
+    })
 }
 
-#[derive(sqlx::FromRow)]
-struct FleetRow {
-    vehicle_id: String,
-    vehicle_readings: i64,
-    sum_dc: f64,
-    avg_battery_temp: f64,
-    meter_readings: i64,
-    sum_ac: f64,
+/// One vehicle's sums in the fleet view (it reported in the window).
+#[derive(Debug, sqlx::FromRow)]
+pub struct FleetRow {
+    pub vehicle_id: String,
+    pub vehicle_readings: i64,
+    pub sum_dc: f64,
+    pub avg_battery_temp: f64,
+    pub meter_readings: i64,
+    pub sum_ac: f64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -266,14 +278,16 @@ pub async fn fleet(
     let limit = limit(&params)?;
     let after = params.get("cursor").map(decode_cursor).transpose()?;
 
-    let rows: Vec<FleetRow> = state
+    let sums = state
         .read_window(window, |sources, pool| {
             let sources = sources.clone();
-            async move { fleet_rows(&pool, &sources, window).await }
+            async move { fleet_sums(&pool, &sources, window).await }
         })
         .await?;
-    let mut vehicles: Vec<FleetVehicle> = rows
+    let mut vehicles: Vec<FleetVehicle> = sums
+        .from_figures
         .into_iter()
+        .chain(sums.from_pieces)
         .map(|row| {
             let charging = Charging::new(
                 row.vehicle_readings,

@@ -152,17 +152,43 @@ pub struct Performance {
     pub meter_ids: Vec<String>,
 }
 
-#[derive(sqlx::FromRow)]
-struct PerformanceRow {
-    vehicle_readings: i64,
-    sum_dc: f64,
-    avg_battery_temp: Option<f64>,
-    meter_readings: i64,
-    sum_ac: f64,
-    meter_ids: Vec<String>,
+/// A vehicle's sums over a window as computed, before the answer
+/// rounds them ([`Charging`]).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct WindowSums {
+    pub vehicle_readings: i64,
+    pub sum_dc: f64,
+    pub avg_battery_temp: Option<f64>,
+    pub meter_readings: i64,
+    pub sum_ac: f64,
+    /// Meters whose readings counted, in byte order.
+    pub meter_ids: Vec<String>,
 }
 
-impl PerformanceRow {
+/// Which statement computed a window's sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputedBy {
+    /// The worker's figures, the edges' meters read from them too.
+    Figures,
+    /// The worker's figures, the edges' meters resolved from the assignments.
+    FiguresSpans,
+    /// The raw pieces and rollups ([`sql`]).
+    Pieces,
+}
+
+impl ComputedBy {
+    /// Counts an answer so computed in `energy_query_answers_total`.
+    fn count(self) {
+        let outcome = match self {
+            Self::Figures => "figures",
+            Self::FiguresSpans => "figures_spans",
+            Self::Pieces => "computed",
+        };
+        metrics::counter!("energy_query_answers_total", "outcome" => outcome).increment(1);
+    }
+}
+
+impl WindowSums {
     /// The answer, or `None` when the vehicle has no readings in `window`.
     fn into_answer(self, vehicle: &DeviceId, window: Window) -> Option<Performance> {
         if self.vehicle_readings == 0 {
@@ -188,7 +214,7 @@ impl PerformanceRow {
 #[derive(sqlx::FromRow)]
 struct KeptRow {
     #[sqlx(flatten)]
-    figures: PerformanceRow,
+    figures: WindowSums,
     revision: Option<i64>,
     meters: Vec<String>,
     meter_revisions: Vec<i64>,
@@ -205,7 +231,7 @@ struct FiguresAndEdgeMeters {
     edge_meters: crate::figures::EdgeMeters,
 }
 
-impl From<crate::figures::Figures> for PerformanceRow {
+impl From<crate::figures::Figures> for WindowSums {
     fn from(figures: crate::figures::Figures) -> Self {
         Self {
             meter_ids: figures.meter_ids(),
@@ -218,7 +244,7 @@ impl From<crate::figures::Figures> for PerformanceRow {
     }
 }
 
-/// The window's figures read from the worker's per-vehicle figures
+/// The window's sums read from the worker's per-vehicle figures
 /// ([`crate::figures`]), or `None` when they cannot answer it exactly:
 /// with the edges' meters read from the figures, or else resolved from
 /// the assignments.
@@ -226,7 +252,7 @@ async fn from_figures(
     pool: &PgPool,
     vehicle: &DeviceId,
     window: Window,
-) -> Result<Option<PerformanceRow>, sqlx::Error> {
+) -> Result<Option<(ComputedBy, WindowSums)>, sqlx::Error> {
     // The raw partitions of the longest tail the statement reads (an hour).
     let tail = Sources::for_window(window.to - TimeDelta::hours(1), window.to);
     let answer: Option<FiguresAndEdgeMeters> =
@@ -242,16 +268,11 @@ async fn from_figures(
     };
     let edge_meters = &answer.edge_meters;
     if edge_meters.head_meter.is_some() && edge_meters.tail_meter.is_some() {
-        metrics::counter!("energy_query_answers_total", "outcome" => "figures").increment(1);
-        return Ok(Some(answer.figures.into()));
+        return Ok(Some((ComputedBy::Figures, answer.figures.into())));
     }
     let answer: Option<crate::figures::Figures> =
         optional_row(pool, vehicle, window, crate::figures::spans_sql).await?;
-    let Some(answer) = answer else {
-        return Ok(None);
-    };
-    metrics::counter!("energy_query_answers_total", "outcome" => "figures_spans").increment(1);
-    Ok(Some(answer.into()))
+    Ok(answer.map(|answer| (ComputedBy::FiguresSpans, answer.into())))
 }
 
 /// [`vehicle_performance`] through the answer cache: the kept answer when
@@ -275,8 +296,9 @@ pub async fn kept_vehicle_performance(
     }
     // Read from the worker's figures when they hold the window: cheaper
     // than checking a kept answer would save, so such answers are not kept.
-    if let Some(row) = from_figures(pool, vehicle, window).await? {
-        return Ok(row.into_answer(vehicle, window));
+    if let Some((computed_by, sums)) = from_figures(pool, vehicle, window).await? {
+        computed_by.count();
+        return Ok(sums.into_answer(vehicle, window));
     }
     let horizon = window.to + answers.reuse_max;
     // The sources name the raw days through the horizon: readings stored
@@ -298,7 +320,7 @@ pub async fn kept_vehicle_performance(
         }
     })
     .await?;
-    metrics::counter!("energy_query_answers_total", "outcome" => "computed").increment(1);
+    ComputedBy::Pieces.count();
     let revisions = Revisions {
         vehicle: row.revision,
         meters: row.meters,
@@ -329,14 +351,26 @@ pub async fn vehicle_performance(
     vehicle: &DeviceId,
     window: Window,
 ) -> Result<Option<Performance>, sqlx::Error> {
-    if let Some(row) = from_figures(pool, vehicle, window).await? {
-        return Ok(row.into_answer(vehicle, window));
+    let (computed_by, sums) = window_sums(pool, vehicle, window).await?;
+    computed_by.count();
+    Ok(sums.into_answer(vehicle, window))
+}
+
+/// The sums of `vehicle` over `window`, exact, and which statement computed
+/// them: the worker's figures when they hold the window, the pieces
+/// otherwise. No reading in the window: zero readings.
+pub async fn window_sums(
+    pool: &PgPool,
+    vehicle: &DeviceId,
+    window: Window,
+) -> Result<(ComputedBy, WindowSums), sqlx::Error> {
+    if let Some(answer) = from_figures(pool, vehicle, window).await? {
+        return Ok(answer);
     }
-    metrics::counter!("energy_query_answers_total", "outcome" => "computed").increment(1);
-    let row: PerformanceRow = optional_row(pool, vehicle, window, sql)
+    let sums = optional_row(pool, vehicle, window, sql)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(row.into_answer(vehicle, window))
+    Ok((ComputedBy::Pieces, sums))
 }
 
 /// The row, if any, of the statement `build` makes for the window's
