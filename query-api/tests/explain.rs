@@ -266,6 +266,31 @@ enum Bind {
     Flag(bool),
 }
 
+impl Bind {
+    /// Its SQL type, as a prepared statement declares it.
+    fn type_name(&self) -> &'static str {
+        match self {
+            Bind::Text(_) => "text",
+            Bind::At(_) => "timestamptz",
+            Bind::Interval(_) => "interval",
+            Bind::Flag(_) => "boolean",
+        }
+    }
+
+    /// The value as an SQL literal of its type.
+    fn literal(&self) -> String {
+        match self {
+            Bind::Text(text) => format!("'{}'", text.replace('\'', "''")),
+            Bind::At(at) => format!("'{}'::timestamptz", at.to_rfc3339()),
+            Bind::Interval(interval) => format!(
+                "'{} microseconds'::interval",
+                interval.num_microseconds().unwrap_or(0)
+            ),
+            Bind::Flag(flag) => flag.to_string(),
+        }
+    }
+}
+
 /// The shape of a plan, in plan order: every scan, its type and what it
 /// reads (`Seq Scan on …`, `Index Only Scan using …`, `Index Scan using
 /// …`), and every join's method (`Nested Loop`, `Hash Join`, `Merge
@@ -306,7 +331,8 @@ fn shape(plan: &Value, out: &mut Vec<String>) {
 /// a partitioned parent at all). So do the statements over the worker's
 /// per-vehicle figures, right after its first catch-up: the figures are
 /// analysed after a catch-up that wrote as many rows as their statistics
-/// counted, the marks and ranges by their migration.
+/// counted, the marks and ranges by their migration. Each statement's
+/// plan for the values bound and its generic plan are compared.
 /// (The fleet view over the figures is not compared: on 300 vehicles its
 /// meters' edges are read by key or by time on a near tie of costs, which
 /// two samples of the same rows can tip either way.)
@@ -418,27 +444,60 @@ async fn plans_right_after_an_ingest_have_the_shape_they_have_after_analyze() {
             vec![Bind::At(from), Bind::At(to)],
         ),
     ];
+    // Each statement's plan for the values bound (as PostgreSQL plans its
+    // first executions) and its generic plan (which query-api's prepared
+    // statements may switch to after five).
     let plans = |analysed: &'static str| {
         let pool = db.pool.clone();
         let queries = &queries;
         async move {
+            let mut conn = pool.acquire().await.unwrap();
             let mut shapes = Vec::new();
             for (name, sql, binds) in queries {
-                let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-                let mut query = sqlx::query_scalar::<_, Value>(&explain);
-                for bind in binds {
-                    query = match bind {
-                        Bind::Text(text) => query.bind(*text),
-                        Bind::At(at) => query.bind(*at),
-                        Bind::Interval(interval) => query.bind(*interval),
-                        Bind::Flag(flag) => query.bind(*flag),
+                for generic in [false, true] {
+                    let (name, explain) = if generic {
+                        let types: Vec<&str> = binds.iter().map(Bind::type_name).collect();
+                        sqlx::raw_sql(&format!(
+                            "SET plan_cache_mode = force_generic_plan;
+                             PREPARE shaped ({}) AS {sql}",
+                            types.join(", ")
+                        ))
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                        // EXECUTE's values are literals: it takes no parameters.
+                        let values: Vec<String> = binds.iter().map(Bind::literal).collect();
+                        (
+                            format!("{name}, generic plan"),
+                            format!(
+                                "EXPLAIN (FORMAT JSON) EXECUTE shaped ({})",
+                                values.join(", ")
+                            ),
+                        )
+                    } else {
+                        (name.to_string(), format!("EXPLAIN (FORMAT JSON) {sql}"))
                     };
+                    let mut query = sqlx::query_scalar::<_, Value>(&explain);
+                    for bind in binds.iter().filter(|_| !generic) {
+                        query = match bind {
+                            Bind::Text(text) => query.bind(*text),
+                            Bind::At(at) => query.bind(*at),
+                            Bind::Interval(interval) => query.bind(*interval),
+                            Bind::Flag(flag) => query.bind(*flag),
+                        };
+                    }
+                    let plan = query.fetch_one(&mut *conn).await.unwrap();
+                    if generic {
+                        sqlx::raw_sql("DEALLOCATE shaped; RESET plan_cache_mode")
+                            .execute(&mut *conn)
+                            .await
+                            .unwrap();
+                    }
+                    let mut nodes = Vec::new();
+                    shape(&plan, &mut nodes);
+                    eprintln!("{name} ({analysed}): {nodes:?}");
+                    shapes.push((name, nodes));
                 }
-                let plan = query.fetch_one(&pool).await.unwrap();
-                let mut nodes = Vec::new();
-                shape(&plan, &mut nodes);
-                eprintln!("{name} ({analysed}): {nodes:?}");
-                shapes.push((name.to_string(), nodes));
             }
             shapes
         }
