@@ -9,6 +9,8 @@
 //! rollup statement (the pieces), and the per-vehicle figures with their
 //! fallbacks, for one vehicle and for the fleet view.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -23,6 +25,8 @@ use sqlx::PgPool;
 use test_support::oracle::{self, figures, RAW_PERFORMANCE_SQL};
 use test_support::postgres::{fresh_database, fresh_database_collated, TestDatabase};
 use test_support::readings::{assignment, decode, meter, vehicle};
+
+use common::changing_fleet::seeded_now;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
@@ -238,14 +242,9 @@ fn assert_equal(computed: &oracle::Figures, raw: &oracle::Figures, context: &str
 }
 
 async fn compare_on_a_random_fleet(db: TestDatabase, names: Names) {
-    let seed = fastrand::u64(..);
-    eprintln!("seed: {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (seed, mut rng, now) = seeded_now();
     let hours = 10;
-    let origin = {
-        let start = Utc::now() - TimeDelta::hours(30);
-        start - TimeDelta::nanoseconds(i64::from(start.timestamp_subsec_nanos()))
-    };
+    let origin = now - TimeDelta::hours(30);
     let fleet = random_fleet(&mut rng, &names, origin, hours);
     store(&db.pool, &fleet.first).await;
     store(&db.pool, &fleet.late).await;
@@ -291,14 +290,8 @@ async fn figures_answers_equal_raw_computation_on_random_fleets() {
         vehicle: |i| format!("V{i}"),
         meter: |i| format!("M{i}"),
     };
-    let seed = fastrand::u64(..);
-    eprintln!("seed: {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (seed, mut rng, now) = seeded_now();
     let hours = 5;
-    let now = {
-        let now = Utc::now();
-        now - TimeDelta::nanoseconds(i64::from(now.timestamp_subsec_nanos()))
-    };
     // The data ends an hour ago; the figures keep the last eight hours.
     let origin = now - TimeDelta::hours(hours + 1);
     let keep = TimeDelta::hours(8);
