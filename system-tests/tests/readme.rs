@@ -66,9 +66,13 @@ async fn every_curl_example_in_the_readme_works_today() {
         let command = documented
             .replace("http://127.0.0.1:3000", &stack.gateway_url)
             .replace("http://127.0.0.1:3001", &stack.api_url);
+        // The keys the access-control example generates in its shell; the
+        // stack runs without keys (AUTH_DISABLED), as `scripts/run.sh` does.
         let output = Command::new("bash")
             .arg("-c")
             .arg(format!("{command} -w '\\n%{{http_code}}'"))
+            .env("read_key", "0123456789abcdef0123456789abcdef")
+            .env("ingest_key", "fedcba9876543210fedcba9876543210")
             .output()
             .expect("run bash");
         let stdout = String::from_utf8_lossy(&output.stdout);
