@@ -196,7 +196,8 @@ impl Partitions {
     /// Refreshes the planner's statistics of the partitions holding days
     /// `first..=last` (history and rollups): the days being filled, so a
     /// day a backlog filled is planned well before autovacuum's next round.
-    /// Returns how many partitions it analysed.
+    /// Returns how many tables it analysed (with the fleet's grown ones,
+    /// [`analyze`]).
     pub async fn analyze_days(
         &self,
         pool: &PgPool,
@@ -267,8 +268,11 @@ pub enum Analyse {
 }
 
 /// Refreshes the statistics of the partitions (history and rollups) of
-/// days `first..=last` (`energy_analyze_partitions`), waiting at most
-/// `lock_timeout` for a lock. Returns how many it analysed.
+/// days `first..=last` (`energy_analyze_partitions`), and of the fleet's
+/// own tables (assignments, current state) that have doubled since last
+/// analysed (`energy_analyze_grown_fleet_tables`: autovacuum may have
+/// analysed them on a loading fleet's first devices), waiting at most
+/// `lock_timeout` for a lock. Returns how many tables it analysed.
 pub async fn analyze(
     pool: &PgPool,
     first: NaiveDate,
@@ -277,12 +281,14 @@ pub async fn analyze(
     lock_timeout: Duration,
 ) -> Result<i32, sqlx::Error> {
     let mut tx = with_lock_timeout(pool, lock_timeout).await?;
-    let analysed: i32 = sqlx::query_scalar("SELECT energy_analyze_partitions($1, $2, $3)")
-        .bind(first)
-        .bind(last)
-        .bind(which == Analyse::Grown)
-        .fetch_one(&mut *tx)
-        .await?;
+    let analysed: i32 = sqlx::query_scalar(
+        "SELECT energy_analyze_partitions($1, $2, $3) + energy_analyze_grown_fleet_tables()",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(which == Analyse::Grown)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(analysed)
 }

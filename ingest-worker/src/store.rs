@@ -195,35 +195,41 @@ pub async fn write_batch_with<'a>(
         other => other,
     }
     .map_err(classify)?;
-    analyze_grown_partitions(pool, &rows).await;
+    analyze_grown_tables(pool, &rows).await;
     Ok(outcome)
 }
 
-/// Refreshes the statistics of the partitions this batch wrote when they
-/// have doubled since last analysed ([`partitions::analyze`]), so a
-/// filling day's queries are planned as they will be after a full ANALYZE,
-/// not on guesses or on statistics of its first few devices. Best effort:
+/// Refreshes the statistics of the partitions this batch wrote, and of the
+/// fleet's own tables (assignments, current state), when they have doubled
+/// since last analysed ([`partitions::analyze`]), so a filling day's and a
+/// loading fleet's queries are planned as they will be after a full
+/// ANALYZE, not on guesses or on statistics of the first few devices. Best effort:
 /// the batch is committed, and a failure (a lock not granted within 100 ms,
 /// say) only leaves the job to the next batch.
-async fn analyze_grown_partitions(pool: &PgPool, rows: &BatchRows<'_>) {
+async fn analyze_grown_tables(pool: &PgPool, rows: &BatchRows<'_>) {
     let days = rows
         .vehicles
         .iter()
         .map(|v| v.recorded_at.instant())
         .chain(rows.meters.iter().map(|m| m.recorded_at.instant()))
         .map(|at| at.date_naive());
-    let Some((first, last)) = days.fold(None, |range: Option<(NaiveDate, NaiveDate)>, day| {
-        Some(range.map_or((day, day), |(first, last)| (first.min(day), last.max(day))))
-    }) else {
-        return;
-    };
+    // A batch of assignments alone: today's partitions are looked at, for
+    // the fleet's tables' sake.
+    let (first, last) = days
+        .fold(None, |range: Option<(NaiveDate, NaiveDate)>, day| {
+            Some(range.map_or((day, day), |(first, last)| (first.min(day), last.max(day))))
+        })
+        .unwrap_or_else(|| {
+            let today = chrono::Utc::now().date_naive();
+            (today, today)
+        });
     // A backlog spanning more than a month: its newest days matter most.
     let first = first.max(last - chrono::Days::new(31));
     let lock_timeout = Duration::from_millis(100);
     match partitions::analyze(pool, first, last, Analyse::Grown, lock_timeout).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(partitions = n, "statistics of grown partitions refreshed"),
-        Err(error) => tracing::warn!(%error, "statistics of grown partitions deferred"),
+        Ok(n) => tracing::info!(tables = n, "statistics of grown tables refreshed"),
+        Err(error) => tracing::warn!(%error, "statistics of grown tables deferred"),
     }
 }
 
