@@ -167,12 +167,6 @@ pub async fn fleet_sums(
             .await?
     };
     tx.commit().await?;
-    let counted = |source, rows: &[FleetRow]| {
-        metrics::counter!("energy_query_fleet_vehicles_total", "source" => source)
-            .increment(rows.len() as u64)
-    };
-    counted("figures", &answered);
-    counted("computed", &computed);
     Ok(FleetSums {
         from_figures: answered,
         from_pieces: computed,
@@ -284,6 +278,12 @@ pub async fn fleet(
             async move { fleet_sums(&pool, &sources, window).await }
         })
         .await?;
+    let counted = |source, rows: &[FleetRow]| {
+        metrics::counter!("energy_query_fleet_vehicles_total", "source" => source)
+            .increment(rows.len() as u64)
+    };
+    counted("figures", &sums.from_figures);
+    counted("computed", &sums.from_pieces);
     let mut vehicles: Vec<FleetVehicle> = sums
         .from_figures
         .into_iter()

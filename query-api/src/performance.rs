@@ -172,7 +172,8 @@ pub enum ComputedBy {
     Figures,
     /// The worker's figures, the edges' meters resolved from the assignments.
     FiguresSpans,
-    /// The raw pieces and rollups ([`sql`]).
+    /// The raw pieces and rollups ([`sql`], or [`kept_sql`] through the
+    /// answer cache).
     Pieces,
 }
 

@@ -272,6 +272,17 @@ async fn compare_on_a_random_fleet(db: TestDatabase, names: Names) {
     assert!(nonzero.len() >= 5, "only {nonzero:?} had AC in any window");
 }
 
+/// When the figures test compares: the order of its moments.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// One late vehicle reading stored, before any pass.
+    OneLateReading,
+    /// The rest of the late data stored, before any pass.
+    RestOfTheLateData,
+    /// The next pass has run.
+    AfterTheNextPass,
+}
+
 /// The answers read from the worker's per-vehicle figures, and their
 /// fallbacks, equal the raw computation: a random fleet is stored and
 /// summarised, then its late fifth arrives (late readings in summarised
@@ -319,14 +330,14 @@ async fn figures_answers_equal_raw_computation_on_random_fleets() {
 
     let mut counted = Vec::new();
     for moment in [
-        "one late vehicle reading stored",
-        "the rest of the late data stored",
-        "after the next pass",
+        Moment::OneLateReading,
+        Moment::RestOfTheLateData,
+        Moment::AfterTheNextPass,
     ] {
         match moment {
-            "one late vehicle reading stored" => store(&db.pool, &[vec![lone.clone()]]).await,
-            "the rest of the late data stored" => store(&db.pool, &fleet.late).await,
-            _ => {
+            Moment::OneLateReading => store(&db.pool, &[vec![lone.clone()]]).await,
+            Moment::RestOfTheLateData => store(&db.pool, &fleet.late).await,
+            Moment::AfterTheNextPass => {
                 ingest_worker::figures::catch_up(&db.pool, now, keep)
                     .await
                     .unwrap();
@@ -336,7 +347,7 @@ async fn figures_answers_equal_raw_computation_on_random_fleets() {
         for &(from, to) in &windows {
             let window = Window { from, to };
             let context =
-                |what: &str| format!("seed {seed}, {moment}, {what}, window ({from}, {to}]");
+                |what: &str| format!("seed {seed}, {moment:?}, {what}, window ({from}, {to}]");
             let mut reported = BTreeMap::new();
             for id in &fleet.vehicles {
                 let raw = raw(&db.pool, id, from, to).await;
@@ -379,6 +390,12 @@ async fn figures_answers_equal_raw_computation_on_random_fleets() {
                 "{}",
                 context("the fleet view's vehicles")
             );
+            assert_eq!(
+                rows.len(),
+                reported.len(),
+                "{}",
+                context("a vehicle listed twice")
+            );
             for row in rows {
                 let raw = &reported[&row.vehicle_id];
                 let computed = oracle::Figures {
@@ -396,24 +413,24 @@ async fn figures_answers_equal_raw_computation_on_random_fleets() {
                 );
             }
         }
-        eprintln!("{moment}: {by:?}");
+        eprintln!("{moment:?}: {by:?}");
         counted.push(by);
     }
     // Each way of computing answered: around one vehicle's mark, the
     // figures for the others and the pieces for it; with the late data
     // stored, the pieces for most; after the pass, the figures again, the
     // edges' meters read from them or resolved from the spans.
-    let count = |moment: usize, key: &str| counted[moment].get(key).copied().unwrap_or(0);
+    let count = |moment: Moment, key: &str| counted[moment as usize].get(key).copied().unwrap_or(0);
     for (moment, key) in [
-        (0, "Figures"),
-        (0, "Pieces"),
-        (0, "fleet rows from figures"),
-        (0, "fleet rows from pieces"),
-        (1, "Pieces"),
-        (2, "Figures"),
-        (2, "FiguresSpans"),
-        (2, "fleet rows from figures"),
+        (Moment::OneLateReading, "Figures"),
+        (Moment::OneLateReading, "Pieces"),
+        (Moment::OneLateReading, "fleet rows from figures"),
+        (Moment::OneLateReading, "fleet rows from pieces"),
+        (Moment::RestOfTheLateData, "Pieces"),
+        (Moment::AfterTheNextPass, "Figures"),
+        (Moment::AfterTheNextPass, "FiguresSpans"),
+        (Moment::AfterTheNextPass, "fleet rows from figures"),
     ] {
-        assert!(count(moment, key) > 0, "{key} at {moment}: {counted:?}");
+        assert!(count(moment, key) > 0, "{key} at {moment:?}: {counted:?}");
     }
 }
